@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create (once) and refresh the project's virtual environment in .venv, then fetch the demo data.
+# Sourced by bin/demo.sh and bin/run-tests.sh; EXTRAS selects optional dependencies (e.g. "test").
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating virtual environment $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+fi
+stamp="$VENV/.processccd-installed${EXTRAS:+-$EXTRAS}"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    echo "setup: installing processccd${EXTRAS:+[$EXTRAS]} into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    touch "$stamp"
+fi
+"$VENV/bin/fetch-demo-data" "$ROOT"
+export PATH="$VENV/bin:$PATH"

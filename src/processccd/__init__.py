@@ -1,0 +1,3 @@
+"""processccd: the LSST 2013 processCcdSdss pipeline for SDSS imaging, without the LSST stack."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,231 @@
+"""A butler-like path mapper: dataset type + DataId -> file, with atomic writes.
+
+Templates live in `configs/mapper.yaml`. Input datasets are read from the input repository (laid out as
+the SDSS Data Archive Server: `<run>/<rerun>/corr/<camcol>/fpC-...`), output datasets are written under
+`<output>/sci-results/<run>/<camcol>/<filter>/<type>/`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from processccd import __version__
+from processccd.dataid import FILTERS, KEYS, DataId, expand_id_expression
+from processccd.errors import DataIdError, InputError, OutputError
+
+REPOSITORY_FILE = "repository.yaml"
+
+
+def load_mapper_templates() -> dict[str, dict[str, str]]:
+    """The `inputs` and `outputs` template tables of the packaged mapper.yaml."""
+    text = resources.files("processccd").joinpath("configs/mapper.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    """A regex with a named group for the first occurrence of each template field.
+
+    Later occurrences (e.g. `{run}` and `{run:06d}`) match loosely; callers check a match by
+    formatting the template again with the parsed values.
+    """
+    pattern = ""
+    seen: set[str] = set()
+    for literal, field, _spec, _conv in string.Formatter().parse(template):
+        pattern += re.escape(literal)
+        if field is None:
+            continue
+        group = "[ugriz]" if field == "filter" else "[0-9]+"
+        pattern += f"(?:{group})" if field in seen else f"(?P<{field}>{group})"
+        seen.add(field)
+    return re.compile(pattern + "$")
+
+
+def _template_glob(template: str, known: dict[str, Any]) -> str:
+    """A glob for the template with unknown fields replaced by '*'."""
+    out = ""
+    for literal, field, spec, _conv in string.Formatter().parse(template):
+        out += literal.replace("[", "[[]")
+        if field is None:
+            continue
+        value = known.get(field)
+        out += "*" if value is None else format(value, spec or "")
+    return re.sub(r"\*+", "*", out)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Butler:
+    """Maps (dataset type, DataId) to files of an input and an output repository."""
+
+    def __init__(self, input_root: Path | str, output_root: Path | str | None = None) -> None:
+        self.input_root = Path(input_root)
+        self.output_root = None if output_root is None else Path(output_root)
+        templates = load_mapper_templates()
+        self.input_templates: dict[str, str] = templates["inputs"]
+        self.output_templates: dict[str, str] = templates["outputs"]
+
+    # --- paths -------------------------------------------------------------------------------
+    def path(self, dataset: str, data_id: DataId) -> Path:
+        """The file of `dataset` for `data_id` (input or output repository by dataset type)."""
+        values = data_id.as_dict()
+        if dataset in self.input_templates:
+            if data_id.rerun is None:
+                raise DataIdError(f"data id {data_id} has no rerun")
+            return self.input_root / self.input_templates[dataset].format(**values)
+        if dataset in self.output_templates:
+            if self.output_root is None:
+                raise OutputError(f"no output repository to hold {dataset}")
+            return self.output_root / self.output_templates[dataset].format(**values)
+        raise KeyError(f"unknown dataset type {dataset!r}")
+
+    def exists(self, dataset: str, data_id: DataId) -> bool:
+        return self.path(dataset, data_id).is_file()
+
+    def get(self, dataset: str, data_id: DataId) -> Any:
+        """Read a dataset with its reader; a missing file raises InputError naming it."""
+        path = self.path(dataset, data_id)
+        if not path.is_file():
+            raise InputError(f"{path}: {dataset} file not found for data id {data_id}")
+        reader = _readers()[dataset]
+        return reader(path, data_id)
+
+    def put(self, dataset: str, data_id: DataId, write: Callable[[Path], None]) -> Path:
+        """Write an output dataset atomically: `write(tmp_path)` then rename to its final name."""
+        path = self.path(dataset, data_id)
+        try:
+            with atomic_path(path) as tmp:
+                write(tmp)
+        except OSError as err:
+            raise OutputError(f"{path}: cannot write {dataset} ({err.strerror or err})") from err
+        return path
+
+    # --- the output repository ---------------------------------------------------------------
+    def record_output_repository(self) -> None:
+        """Create the output repository and record which input repository it came from."""
+        if self.output_root is None:
+            return
+        record_path = self.output_root / REPOSITORY_FILE
+        record: dict[str, Any] = {"inputs": []}
+        try:
+            self.output_root.mkdir(parents=True, exist_ok=True)
+            if record_path.is_file():
+                record = yaml.safe_load(record_path.read_text()) or record
+            source = str(self.input_root.resolve())
+            if source not in record.setdefault("inputs", []):
+                record["inputs"].append(source)
+            record["processccd_version"] = __version__
+            with atomic_path(record_path) as tmp:
+                tmp.write_text(yaml.safe_dump(record, sort_keys=True))
+        except OSError as err:
+            raise OutputError(f"{self.output_root}: output repository not writable ({err.strerror or err})") \
+                from err
+
+    # --- data-id discovery -------------------------------------------------------------------
+    def resolve(self, values: dict[str, list[int | str]]) -> list[DataId]:
+        """Expand an id expression into DataIds, filling keys it leaves out from the input files.
+
+        A fully given id is kept even when its fpC is missing (processing it reports the missing
+        file); keys left out are discovered from the fpC files present, and an expression that
+        matches none raises DataIdError.
+        """
+        if not self.input_root.is_dir():
+            raise InputError(f"{self.input_root}: input repository not found")
+        ids: list[DataId] = []
+        for partial in expand_id_expression(values):
+            ids.extend(self._resolve_one(partial))
+        return list(dict.fromkeys(ids))
+
+    def _resolve_one(self, partial: dict[str, Any]) -> list[DataId]:
+        missing = [k for k in KEYS if partial[k] is None and k != "rerun"]
+        if not missing:
+            reruns = [partial["rerun"]] if partial["rerun"] is not None else self._reruns(partial["run"])
+            if len(reruns) > 1:
+                with_frame = [r for r in reruns if self.exists("fpC", self._data_id(partial, r))]
+                reruns = with_frame or reruns
+            if not reruns:
+                raise DataIdError(f"data id {_describe(partial)} matches no input: no run {partial['run']} "
+                                  f"under {self.input_root}")
+            if len(reruns) > 1:
+                raise DataIdError(f"data id {_describe(partial)} is ambiguous: reruns {reruns}; give rerun=")
+            return [self._data_id(partial, reruns[0])]
+        found = self._discover(partial)
+        if not found:
+            raise DataIdError(f"data id {_describe(partial)} matches no fpC file under {self.input_root}")
+        return found
+
+    @staticmethod
+    def _data_id(partial: dict[str, Any], rerun: int) -> DataId:
+        return DataId(run=partial["run"], camcol=partial["camcol"], field=partial["field"],
+                      filter=partial["filter"], rerun=rerun)
+
+    def _reruns(self, run: int) -> list[int]:
+        run_dir = self.input_root / str(run)
+        if not run_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in run_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def _discover(self, partial: dict[str, Any]) -> list[DataId]:
+        found = _scan(self.input_root, self.input_templates["fpC"], partial)
+        return sorted(found, key=lambda d: (d.run, d.camcol, d.field, FILTERS.index(d.filter)))
+
+    def discover_outputs(self, dataset: str = "src") -> list[DataId]:
+        """DataIds for which the output repository holds `dataset` (rerun left None)."""
+        if self.output_root is None:
+            return []
+        return sorted(set(_scan(self.output_root, self.output_templates[dataset], {})))
+
+
+def _scan(root: Path, template: str, known: dict[str, Any]) -> list[DataId]:
+    """DataIds of the files under `root` that match `template` with the `known` values."""
+    regex = _template_regex(template)
+    found = []
+    for path in root.glob(_template_glob(template, known)):
+        relpath = path.relative_to(root).as_posix()
+        match = regex.match(relpath)
+        if match is None:
+            continue
+        values: dict[str, Any] = {k: (v if k == "filter" else int(v)) for k, v in match.groupdict().items()}
+        if template.format(**values) != relpath:
+            continue
+        found.append(DataId(run=values["run"], camcol=values["camcol"], field=values["field"],
+                            filter=values["filter"], rerun=values.get("rerun")))
+    return found
+
+
+def _describe(partial: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in partial.items() if v is not None)
+
+
+def _readers() -> dict[str, Callable[[Path, DataId], Any]]:
+    """Dataset type -> reader(path, data_id); imported lazily so that the CLI starts fast."""
+    from processccd.sdss import astrans, fpc, fpm, psfield, tsfield
+
+    return {
+        "fpC": lambda path, _id: fpc.read_fpc(path),
+        "fpM": lambda path, _id: fpm.read_fpm(path),
+        "tsField": lambda path, _id: tsfield.read_tsfield(path),
+        "psField": lambda path, data_id: psfield.read_psfield(path, data_id.filter),
+        "asTrans": lambda path, data_id: astrans.read_astrans(path, data_id.camcol, data_id.filter, data_id.field),
+    }

@@ -1,0 +1,1 @@
+"""Measurement algorithms: pure functions over numpy arrays."""

@@ -1,0 +1,216 @@
+"""Replace source footprints by noise during measurement (measurement-spec.md §3, "Noise replacement")."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+from scipy.optimize import brentq
+
+IQR_TO_STDEV = 0.741301109  # sigma of a Gaussian per unit inter-quartile range
+CLIP_SIGMA = 3.0
+CLIP_PASSES = 3
+
+
+def clipped_mean_stdev(values: np.ndarray, n_sigma: float = CLIP_SIGMA, passes: int = CLIP_PASSES) -> tuple[
+    float, float
+]:
+    """afw MEANCLIP / STDEVCLIP: pass 1 keeps |v − median| ≤ n·0.7413·IQR, later passes |v − mean| ≤ n·σ.
+
+    Mean and σ (n−1 normalisation) of the kept values of each pass feed the next; returns the last pass's.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    q25, median, q75 = np.percentile(values, [25.0, 50.0, 75.0])
+    centre, half_width = median, n_sigma * IQR_TO_STDEV * (q75 - q25)
+    mean, stdev = float("nan"), float("nan")
+    for _ in range(passes):
+        kept = values[np.abs(values - centre) <= half_width]
+        mean = float(kept.mean())
+        stdev = float(kept.std(ddof=1))
+        centre, half_width = mean, n_sigma * stdev
+    return mean, stdev
+
+
+# --- GSL-compatible ziggurat Gaussian (Marsaglia & Tsang 2000 in J. Voss's variant, GSL >= 1.8) ---------
+# 128 strips of equal area V under f(x) = exp(-x²/2): strips 0..126 are rectangles of width x[i+1] between
+# heights y[i+1] and y[i] (y[0] = 1, y[127] = f(R)); strip 127 is the rectangle [0, R] x [0, f(R)] plus an
+# exponential majorant of the tail, e^{-R(x - R/2)} for x > R, of area f(R)/R. Hence V = R f(R) + f(R)/R,
+# and R is the root that makes the strips stack exactly to y[0] = 1. The tables are published with 12
+# significant digits (GSL's ziggurat note quotes R = 3.44428647676), so y and w are rounded to 12 digits.
+ZIGGURAT_STRIPS = 128
+ZIGGURAT_R_PUBLISHED = 3.44428647676  # the tail start as used in the tail formula
+_TWO24 = float(2**24)
+_TWO32 = 4294967296.0
+
+
+def _strip_edges(tail_start: float) -> tuple[list[float], float, float]:
+    """x[i] (i = 1..127, x[0] = 0) of the equal-area strips, the strip area V and the implied y[0]."""
+    area = tail_start * math.exp(-0.5 * tail_start**2) * (1.0 + 1.0 / tail_start**2)
+    edges = [0.0] * ZIGGURAT_STRIPS
+    edges[-1] = tail_start
+    height = math.exp(-0.5 * tail_start**2)
+    for i in range(ZIGGURAT_STRIPS - 1, 0, -1):
+        height += area / edges[i]
+        if i > 1:
+            edges[i - 1] = math.sqrt(-2.0 * math.log(height)) if height < 1.0 else math.nan
+    return edges, area, height
+
+
+@lru_cache(maxsize=1)
+def ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k, w, y) tables: fast-accept limits (24-bit ints), x per unit of j, strip heights."""
+    tail_start = brentq(lambda r: _strip_edges(r)[2] - 1.0, 3.444, 3.45, xtol=1e-15)
+    edges, area, _ = _strip_edges(tail_start)
+    f_tail = math.exp(-0.5 * tail_start**2)
+    heights = [1.0] + [math.exp(-0.5 * x * x) for x in edges[1:]]
+    widths = [edges[i + 1] / _TWO24 for i in range(ZIGGURAT_STRIPS - 1)] + [area / f_tail / _TWO24]
+    limits = [0] + [math.floor(_TWO24 * edges[i] / edges[i + 1]) for i in range(1, ZIGGURAT_STRIPS - 1)]
+    limits.append(math.floor(_TWO24 * tail_start * f_tail / area))
+    round12 = np.vectorize(lambda v: float(f"{v:.12g}"))
+    return np.array(limits, dtype=np.int64), round12(widths), round12(heights)
+
+
+def ziggurat_normals(count: int, seed: int = 1) -> np.ndarray:
+    """`count` N(0,1) deviates as GSL's gsl_ran_gaussian_ziggurat(r, 1.0) with r = mt19937 seeded `seed`.
+
+    Each attempt takes one 32-bit word k: strip i = k & 0x7f, sign = + if k & 0x80 else −, j = k >> 8
+    (24 bits), x = j·w[i]; accepted at once when j < k[i]. Otherwise strips < 127 draw one uniform U
+    (next word / 2^32) for y = y[i+1] + (y[i] − y[i+1])·U, strip 127 draws U1, U2 for the tail
+    x = R − ln(1 − U1)/R, y = e^{−R(x − R/2)}·U2; accepted when y < e^{−x²/2}, else a new attempt.
+    Vectorised: every word is evaluated as a possible attempt start, then the few slow attempts are
+    walked in order to drop the words they consume.
+    """
+    limits, widths, heights = ziggurat_tables()
+    generator = np.random.RandomState(seed)  # MT19937 with init_genrand seeding, like GSL's mt19937
+    words = np.empty(0, dtype=np.int64)
+    while True:
+        extra = count - len(words) + count // 16 + 64
+        words = np.concatenate([words, generator.randint(0, 2**32, size=extra, dtype=np.uint32).astype(np.int64)])
+        values, complete = _ziggurat_from_words(words, limits, widths, heights)
+        if complete and len(values) >= count:
+            return values[:count]
+
+
+def _ziggurat_from_words(
+    words: np.ndarray, limits: np.ndarray, widths: np.ndarray, heights: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """All deviates the word stream yields (attempts whose uniforms lie beyond the stream are dropped)."""
+    strip = words & 0x7F
+    sign = np.where(words & 0x80, 1.0, -1.0)
+    j = words >> 8
+    x = j * widths[strip]
+    fast = j < limits[strip]
+    accepted = fast.copy()
+    is_start = np.ones(len(words), dtype=bool)
+    tail = ZIGGURAT_R_PUBLISHED
+    last_start = len(words) - 1
+    for p in np.flatnonzero(~fast).tolist():
+        if not is_start[p]:
+            continue  # this word was consumed as a uniform by an earlier slow attempt
+        i = int(strip[p])
+        used = 2 if i < ZIGGURAT_STRIPS - 1 else 3
+        if p + used > len(words):
+            last_start = p - 1
+            break
+        is_start[p + 1 : p + used] = False
+        if i < ZIGGURAT_STRIPS - 1:
+            y = heights[i + 1] + (heights[i] - heights[i + 1]) * (int(words[p + 1]) / _TWO32)
+            value = float(x[p])
+        else:
+            value = tail - math.log(1.0 - int(words[p + 1]) / _TWO32) / tail
+            y = math.exp(-tail * (value - 0.5 * tail)) * (int(words[p + 2]) / _TWO32)
+            x[p] = value
+        accepted[p] = y < math.exp(-0.5 * value * value)
+    keep = is_start & accepted
+    keep[last_start + 1 :] = False
+    return (sign * x)[keep], last_start == len(words) - 1
+
+
+class NoiseReplacer:
+    """Swap every footprint's pixels for Gaussian noise, and individual footprints back in and out.
+
+    `image` is modified IN PLACE: on construction the pixels of all footprints become noise
+    N(mean, sd), mean/sd = 3-pass clipped statistics of the whole image (taken before replacement).
+    Footprint pixels are given as concatenated lists: pixel j belongs to footprint `footprint_index[j]`
+    (0..n−1) and lies at (xs[j], ys[j]); footprints must not overlap. Noise is drawn over each
+    footprint's bounding box (rows upward, x increasing within a row), footprints in index order, from
+    one generator seeded `seed`; only the footprint pixels of each box are used.
+
+    Random numbers: numpy's legacy `RandomState(seed)` (MT19937 with the standard init_genrand seeding,
+    as GSL's mt19937) and its Box–Muller Gaussian; the 2013 stack used GSL's ziggurat Gaussian,
+    so individual noise values differ from the 2013 ones.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        footprint_index: np.ndarray,
+        ys: np.ndarray,
+        xs: np.ndarray,
+        seed: int = 1,
+        n_footprints: int | None = None,
+    ) -> None:
+        footprint_index = np.asarray(footprint_index, dtype=np.int64)
+        ys = np.asarray(ys, dtype=np.int64)
+        xs = np.asarray(xs, dtype=np.int64)
+        if n_footprints is None:
+            n_footprints = int(footprint_index.max()) + 1 if len(footprint_index) else 0
+        order = np.argsort(footprint_index, kind="stable")
+        self._image = image
+        self._index = footprint_index[order]
+        self._ys = ys[order]
+        self._xs = xs[order]
+        self._starts = np.searchsorted(self._index, np.arange(n_footprints + 1))
+        self.mean, self.stdev = clipped_mean_stdev(image)
+        self._original = image[self._ys, self._xs].copy()
+        self._noise = self._draw_noise(n_footprints, seed).astype(image.dtype)
+        image[self._ys, self._xs] = self._noise
+
+    @property
+    def n_footprints(self) -> int:
+        return len(self._starts) - 1
+
+    def _draw_noise(self, n_footprints: int, seed: int) -> np.ndarray:
+        """Noise value of every (sorted) footprint pixel, drawn box by box from one generator."""
+        counts = np.diff(self._starts)
+        has_pixels = counts > 0
+        x0 = np.full(n_footprints, 0)
+        y0 = np.full(n_footprints, 0)
+        box_width = np.zeros(n_footprints, dtype=np.int64)
+        box_height = np.zeros(n_footprints, dtype=np.int64)
+        starts = self._starts[:-1][has_pixels]
+        x0[has_pixels] = np.minimum.reduceat(self._xs, starts)
+        y0[has_pixels] = np.minimum.reduceat(self._ys, starts)
+        box_width[has_pixels] = np.maximum.reduceat(self._xs, starts) - x0[has_pixels] + 1
+        box_height[has_pixels] = np.maximum.reduceat(self._ys, starts) - y0[has_pixels] + 1
+        box_area = box_width * box_height
+        box_offset = np.concatenate([[0], np.cumsum(box_area)])
+        normals = np.random.RandomState(seed).standard_normal(int(box_offset[-1]))
+        index = self._index
+        position = box_offset[index] + (self._ys - y0[index]) * box_width[index] + (self._xs - x0[index])
+        # afw filled a float32 image with N(0,1), then multiplied by sd and added the mean in float32
+        noise = normals[position].astype(np.float32)
+        noise *= np.float32(self.stdev)
+        noise += np.float32(self.mean)
+        return noise
+
+    def _slice(self, i: int) -> slice:
+        if not 0 <= i < self.n_footprints:
+            raise IndexError(f"footprint {i} out of range 0..{self.n_footprints - 1}")
+        return slice(int(self._starts[i]), int(self._starts[i + 1]))
+
+    def insert(self, i: int) -> None:
+        """Restore footprint i's original pixels."""
+        part = self._slice(i)
+        self._image[self._ys[part], self._xs[part]] = self._original[part]
+
+    def remove(self, i: int) -> None:
+        """Put footprint i's noise back."""
+        part = self._slice(i)
+        self._image[self._ys[part], self._xs[part]] = self._noise[part]
+
+    def end(self) -> None:
+        """Restore the original pixels of every footprint."""
+        self._image[self._ys, self._xs] = self._original

@@ -1,0 +1,262 @@
+"""shape.sdss: adaptive second moments with a fixed centre (measurement-spec.md §3, LSST 2013 SdssShape).
+
+The weight is an elliptical Gaussian exp(-1/2 r^T W^-1 r) around the fixed centre; W is iterated with
+W <- (M^-1 - W^-1)^-1 (M the weighted moments) until the ellipticity and size stop changing. At
+convergence W equals the moments of a Gaussian source, and I0 = S / (pi sqrt(det W)) its peak amplitude:
+the pair is the least-squares elliptical-Gaussian fit with the centre fixed, whose Fisher matrix
+(constant per-pixel variance = the centre-pixel variance) gives the reported errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+START_MOMENT = 1.5  # initial weight W = (1.5, 0, 1.5)
+BOX_SIGMAS = 4.0  # box half-size = 4 sqrt(max(Wxx, Wyy)) (+ 0.5 for the integer limits)
+MAX_BOX_RADIUS = 1000.0
+MAX_EXPONENT = 14.0  # pixels with r^T W^-1 r above this get no weight
+MAX_CORNER_EXPONENT = 9.0  # sub-sampled pixels are used only if all four corners are within this
+SUBSAMPLE_LIMIT = 0.25  # sub-sample when Wxx or Wyy < 0.25 or det W < 0.25^2
+SUBSAMPLE_OFFSETS = np.array([-0.375, -0.125, 0.125, 0.375])
+MIN_DETERMINANT = float(np.finfo(np.float32).eps)  # smaller determinants count as singular
+MAX_INVERSE_WEIGHT = 1e6  # W^-1 elements beyond this are rejected (W absurdly small)
+UNWEIGHTED_BAD_MOMENT = 1.0 / 12.0  # moments of a single uniform pixel
+
+
+@dataclass(frozen=True)
+class AdaptiveMomentsResult:
+    """Outcome of `adaptive_moments`; errors are variances (px^4), NaN when not computed.
+
+    `covariance` is the inverse Fisher matrix of (I0, Wxx, Wyy, Wxy). `unweighted` is set for every
+    failure of the weighted iteration (also when the unweighted fallback then fails, which sets
+    `unweighted_bad` too); `maxiter` when the iteration limit was reached; `shift` when the weighted
+    centroid strayed more than `shiftmax` pixels from the fixed centre.
+    """
+
+    ixx: float
+    ixy: float
+    iyy: float
+    err_ixx: float
+    err_ixy: float
+    err_iyy: float
+    i0: float
+    sum_flux: float
+    covariance: np.ndarray = field(repr=False)
+    unweighted_bad: bool = False
+    unweighted: bool = False
+    shift: bool = False
+    maxiter: bool = False
+
+    @property
+    def flag(self) -> bool:
+        """shape.sdss.flags: any of the failure flags."""
+        return self.unweighted_bad or self.unweighted or self.shift or self.maxiter
+
+    @property
+    def determinant_radius(self) -> float:
+        """(Ixx Iyy - Ixy^2)^(1/4), NaN if the moments are not positive definite."""
+        det = self.ixx * self.iyy - self.ixy * self.ixy
+        return math.sqrt(math.sqrt(det)) if det > 0 else math.nan
+
+
+@dataclass
+class _Sums:
+    """Weighted sums over a box: S, sum of w*I*dx, *dy, *dx^2, *dx*dy, *dy^2 (dx, dy from the centre)."""
+
+    s: float
+    sx: float
+    sy: float
+    sxx: float
+    sxy: float
+    syy: float
+
+
+class _Stamp:
+    """Pixel values and offset products of one box, cached per box limits."""
+
+    def __init__(self, image: np.ndarray, xc: float, yc: float, box: tuple[int, int, int, int]) -> None:
+        x0, x1, y0, y1 = box
+        dx = np.arange(x0, x1 + 1, dtype=np.float64) - xc
+        dy = np.arange(y0, y1 + 1, dtype=np.float64) - yc
+        self.dx = np.broadcast_to(dx[None, :], (dy.size, dx.size)).ravel()
+        self.dy = np.broadcast_to(dy[:, None], (dy.size, dx.size)).ravel()
+        self.pixels = np.asarray(image[y0 : y1 + 1, x0 : x1 + 1], dtype=np.float64).ravel()
+        # rows: 1, dx, dy, dx^2, dx*dy, dy^2 -> one matrix product gives all six sums
+        self.products = np.stack(
+            [np.ones_like(self.dx), self.dx, self.dy, self.dx**2, self.dx * self.dy, self.dy**2]
+        )
+        # exponent = w11 dx^2 + 2 w12 dx dy + w22 dy^2 = quadratic @ (w11, w12, w22)
+        self.quadratic = np.stack([self.products[3], 2.0 * self.products[4], self.products[5]], axis=1)
+
+
+def _moment_box(
+    shape: tuple[int, int], xc: float, yc: float, wxx: float, wyy: float
+) -> tuple[int, int, int, int]:
+    """Inclusive box limits (x0, x1, y0, y1): int-truncated c -/+ (4 sqrt(max W) + 0.5), clipped."""
+    height, width = shape
+    rad = min(BOX_SIGMAS * math.sqrt(max(wxx, wyy)), MAX_BOX_RADIUS) + 0.5
+    x0 = max(int(xc - rad), 0)
+    y0 = max(int(yc - rad), 0)
+    x1 = min(int(xc + rad), width - 1)
+    y1 = min(int(yc + rad), height - 1)
+    return x0, x1, y0, y1
+
+
+def _inverse_2x2(a11: float, a12: float, a22: float) -> tuple[float, float, float, float] | None:
+    """(det, inverse 11, 12, 22) of a symmetric 2x2 matrix, None if singular or not finite."""
+    det = a11 * a22 - a12 * a12
+    if not math.isfinite(det) or det < MIN_DETERMINANT:
+        return None
+    return det, a22 / det, -a12 / det, a11 / det
+
+
+def _weighted_sums(stamp: _Stamp, w11: float, w12: float, w22: float, subsample: bool) -> _Sums:
+    """Sums of the pixels weighted by exp(-1/2 exponent), exponent = (w11, w12, w22) quadratic form."""
+    if not subsample:
+        exponent = stamp.quadratic @ np.array([w11, w12, w22])
+        weight = np.where(exponent <= MAX_EXPONENT, np.exp(-0.5 * exponent), 0.0)
+        sums = stamp.products @ (weight * stamp.pixels)
+        return _Sums(*(float(v) for v in sums))
+    # 4x4 sub-samples per pixel; each sub-sample carries the full pixel value (no 1/16, as in 2013)
+    corners = np.array([-0.375, 0.375])
+    cx = stamp.dx[None, :] + np.repeat(corners, 2)[:, None]
+    cy = stamp.dy[None, :] + np.tile(corners, 2)[:, None]
+    corner_exponent = w11 * cx * cx + 2.0 * w12 * cx * cy + w22 * cy * cy
+    used = corner_exponent.max(axis=0) <= MAX_CORNER_EXPONENT
+    sx = stamp.dx[used][None, :] + np.repeat(SUBSAMPLE_OFFSETS, 4)[:, None]
+    sy = stamp.dy[used][None, :] + np.tile(SUBSAMPLE_OFFSETS, 4)[:, None]
+    weight = np.exp(-0.5 * (w11 * sx * sx + 2.0 * w12 * sx * sy + w22 * sy * sy)) * stamp.pixels[used]
+    return _Sums(
+        float(weight.sum()),
+        float((weight * sx).sum()),
+        float((weight * sy).sum()),
+        float((weight * sx * sx).sum()),
+        float((weight * sx * sy).sum()),
+        float((weight * sy * sy).sum()),
+    )
+
+
+def _fisher_covariance(i0: float, wxx: float, wxy: float, wyy: float, pixel_variance: float) -> np.ndarray:
+    """Inverse Fisher matrix of (I0, Wxx, Wyy, Wxy) for an elliptical Gaussian on constant noise."""
+    det = wxx * wyy - wxy * wxy
+    f = math.pi * math.sqrt(det) / pixel_variance
+    g = 3.0 * f * i0 * i0 / (16.0 * det * det)
+    f01 = f * i0 * wyy / (4.0 * det)
+    f02 = f * i0 * wxx / (4.0 * det)
+    f03 = -f * i0 * wxy / (2.0 * det)
+    f33 = 4.0 * g * (wxy * wxy + det / 3.0)
+    f12 = f33 / 4.0
+    f13 = -2.0 * g * wyy * wxy
+    f23 = -2.0 * g * wxx * wxy
+    fisher = np.array(
+        [
+            [f, f01, f02, f03],
+            [f01, g * wyy * wyy, f12, f13],
+            [f02, f12, g * wxx * wxx, f23],
+            [f03, f13, f23, f33],
+        ]
+    )
+    return np.linalg.inv(fisher)
+
+
+def adaptive_moments(
+    image: np.ndarray,
+    variance: np.ndarray,
+    x: float,
+    y: float,
+    shiftmax: float = 2.0,
+    max_iter: int = 100,
+    tol1: float = 1e-5,
+    tol2: float = 1e-4,
+) -> AdaptiveMomentsResult:
+    """Adaptive moments of `image` (background already subtracted) about the fixed centre (x, y)."""
+    shape = image.shape
+    stamps: dict[tuple[int, int, int, int], _Stamp] = {}
+    wxx, wxy, wyy = START_MOMENT, 0.0, START_MOMENT
+    e1_old = e2_old = mxx_old = 1e6
+    i0 = 0.0
+    sums = _Sums(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    unweighted = shifted = hit_maxiter = False
+    box = _moment_box(shape, x, y, wxx, wyy)
+    converged = False
+    for _ in range(max_iter):
+        box = _moment_box(shape, x, y, wxx, wyy)
+        inverse = _inverse_2x2(wxx, wxy, wyy)
+        if inverse is None:
+            unweighted = True
+            break
+        det_w, w11, w12, w22 = inverse
+        if not (0.0 <= w11 <= MAX_INVERSE_WEIGHT and 0.0 <= w22 <= MAX_INVERSE_WEIGHT
+                and abs(w12) <= MAX_INVERSE_WEIGHT):
+            unweighted = True
+            break
+        stamp = stamps.get(box)
+        if stamp is None:
+            stamp = stamps[box] = _Stamp(image, x, y, box)
+        subsample = wxx < SUBSAMPLE_LIMIT or wyy < SUBSAMPLE_LIMIT or det_w < SUBSAMPLE_LIMIT**2
+        sums = _weighted_sums(stamp, w11, w12, w22, subsample)
+        if not (sums.s > 0.0 and sums.sxx > 0.0 and sums.syy > 0.0):
+            unweighted = True
+            break
+        i0 = sums.s / (math.pi * math.sqrt(det_w))
+        if abs(sums.sx / sums.s) > shiftmax or abs(sums.sy / sums.s) > shiftmax:
+            shifted = True
+        mxx, mxy, myy = sums.sxx / sums.s, sums.sxy / sums.s, sums.syy / sums.s
+        e1 = (mxx - myy) / (mxx + myy)
+        e2 = 2.0 * mxy / (mxx + myy)
+        if abs(e1 - e1_old) < tol1 and abs(e2 - e2_old) < tol1 and abs(mxx / mxx_old - 1.0) < tol2:
+            converged = True
+            break
+        e1_old, e2_old, mxx_old = e1, e2, mxx
+        moments_inverse = _inverse_2x2(mxx, mxy, myy)
+        if moments_inverse is None:
+            unweighted = True
+            break
+        _, m11, m12, m22 = moments_inverse
+        update = _inverse_2x2(m11 - w11, m12 - w12, m22 - w22)
+        if update is None:
+            unweighted = True
+            break
+        _, wxx, wxy, wyy = update
+        if wxx <= 0.0 or wyy <= 0.0:
+            unweighted = True
+            break
+    if not converged and not unweighted:
+        unweighted = hit_maxiter = True
+
+    nan = math.nan
+    no_covariance = np.full((4, 4), nan)
+    if unweighted:
+        stamp = stamps.get(box) or _Stamp(image, x, y, box)
+        sums = _weighted_sums(stamp, 0.0, 0.0, 0.0, subsample=False)
+        if not (sums.s > 0.0 and sums.sxx > 0.0 and sums.syy > 0.0):
+            moment = UNWEIGHTED_BAD_MOMENT if sums.s > 0.0 else nan
+            return AdaptiveMomentsResult(
+                moment, 0.0 if sums.s > 0.0 else nan, moment, nan, nan, nan, i0, sums.s, no_covariance,
+                unweighted_bad=True, unweighted=True, shift=shifted, maxiter=hit_maxiter,
+            )
+        wxx, wxy, wyy = sums.sxx / sums.s, sums.sxy / sums.s, sums.syy / sums.s
+        return AdaptiveMomentsResult(
+            wxx, wxy, wyy, nan, nan, nan, i0, sums.s, no_covariance,
+            unweighted=True, shift=shifted, maxiter=hit_maxiter,
+        )
+
+    covariance = no_covariance
+    ix, iy = math.floor(x + 0.5), math.floor(y + 0.5)
+    if 0 <= ix < shape[1] and 0 <= iy < shape[0] and variance[iy, ix] > 0:
+        covariance = _fisher_covariance(i0, wxx, wxy, wyy, float(variance[iy, ix]))
+    return AdaptiveMomentsResult(
+        wxx, wxy, wyy, covariance[1, 1], covariance[3, 3], covariance[2, 2], i0, sums.s, covariance,
+        shift=shifted,
+    )
+
+
+def psf_adaptive_sigma(psf_image: np.ndarray) -> float:
+    """Gaussian width of a PSF image: the determinant radius (Ixx Iyy - Ixy^2)^(1/4) of its adaptive
+    moments about the stamp centre ((w-1)/2, (h-1)/2), as LSST's computeShape().getDeterminantRadius()."""
+    height, width = psf_image.shape
+    result = adaptive_moments(psf_image, np.ones_like(psf_image), (width - 1) / 2.0, (height - 1) / 2.0)
+    return result.determinant_radius

@@ -1,0 +1,106 @@
+"""fpM reader: the PHOTO mask planes of one frame, rasterised from their spans (sdss-inputs.md §2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from processccd.errors import InputError
+from processccd.sdss import open_fits
+
+PLANE_PREFIX = "S_MASK_"
+SPAN_BYTES = 6  # one span = three big-endian int16: y, x1, x2
+MAX_MASK_SIZE = 32767  # spans store coordinates as int16
+
+
+def decode_spans(raw: bytes) -> np.ndarray:
+    """The (n, 3) int64 array of spans (y, x1, x2) packed as big-endian int16 triples in `raw`."""
+    if len(raw) % SPAN_BYTES:
+        raise ValueError(f"span buffer of {len(raw)} bytes is not a multiple of {SPAN_BYTES}")
+    return np.frombuffer(raw, dtype=">i2").reshape(-1, 3).astype(np.int64)
+
+
+def rasterize_spans(spans: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean image of `shape` with every pixel of the (y, x1, x2) spans (x inclusive) set.
+
+    x is clipped to the image, spans on rows outside it are dropped.
+    """
+    nrow, ncol = shape
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 3)
+    y = spans[:, 0]
+    x1 = np.maximum(spans[:, 1], 0)
+    x2 = np.minimum(spans[:, 2], ncol - 1)
+    keep = (y >= 0) & (y < nrow) & (x1 <= x2)
+    y, x1, x2 = y[keep], x1[keep], x2[keep]
+    # +1 at the first pixel of each span, -1 just past its last; a running sum > 0 marks covered pixels
+    diff = np.zeros((nrow, ncol + 1), dtype=np.int32)
+    np.add.at(diff, (y, x1), 1)
+    np.add.at(diff, (y, x2 + 1), -1)
+    return np.cumsum(diff[:, :ncol], axis=1) > 0
+
+
+def _plane_spans(hdu: fits.BinTableHDU, path: Path, name: str) -> np.ndarray:
+    """All spans of one plane HDU in frame coordinates (row0/col0 applied), as an (n, 3) array."""
+    data = hdu.data
+    if data is None or len(data) == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    missing = [col for col in ("nspan", "row0", "col0", "s") if col not in data.columns.names]
+    if missing:
+        raise InputError(f"{path}: plane {name}: columns {', '.join(missing)} missing")
+    nspan = np.asarray(data["nspan"], dtype=np.int64)
+    if np.any(nspan < 0):
+        raise InputError(f"{path}: plane {name}: negative nspan")
+    blobs = [np.asarray(s, dtype=np.uint8) for s in data["s"]]
+    nbytes = np.array([blob.size for blob in blobs], dtype=np.int64)
+    bad = np.flatnonzero(nbytes != SPAN_BYTES * nspan)
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"{path}: plane {name} row {i}: span data of {nbytes[i]} bytes, expected 6 x {nspan[i]} spans")
+    spans = decode_spans(np.concatenate(blobs).tobytes())
+    spans[:, 0] -= np.repeat(np.asarray(data["row0"], dtype=np.int64), nspan)
+    spans[:, 1:] -= np.repeat(np.asarray(data["col0"], dtype=np.int64), nspan)[:, None]
+    return spans
+
+
+def _plane_hdus(hdul: fits.HDUList, path: Path) -> dict[str, int]:
+    """Plane name (without S_MASK_) -> HDU index, from the name table in the last HDU."""
+    table = hdul[-1].data if len(hdul) > 1 else None
+    if table is None or not {"attributeName", "Value"} <= set(table.columns.names):
+        raise InputError(f"{path}: last HDU is not the mask-plane name table (attributeName, Value)")
+    hdus: dict[str, int] = {}
+    for attribute, value in zip(table["attributeName"], table["Value"], strict=True):
+        attribute = str(attribute).strip()
+        if attribute.startswith(PLANE_PREFIX):
+            hdus[attribute[len(PLANE_PREFIX) :]] = int(value) + 1
+    return hdus
+
+
+def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Mask planes of an fpM file, by SDSS name without S_MASK_ (INTERP, SATUR, ..., CR).
+
+    Each plane is a boolean array of the untrimmed frame shape (MASKROWS, MASKCOLS) = (1489, 2048).
+    `planes` restricts the result to the named planes (all by default).
+    """
+    path = Path(path)
+    with open_fits(path, "fpM") as hdul:
+        header = hdul[0].header
+        try:
+            shape = (int(header["MASKROWS"]), int(header["MASKCOLS"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{path}: MASKROWS/MASKCOLS missing or invalid in the primary header") from exc
+        if not all(0 < n <= MAX_MASK_SIZE for n in shape):
+            raise InputError(f"{path}: invalid mask size {shape[0]} x {shape[1]}")
+        hdus = _plane_hdus(hdul, path)
+        wanted = list(hdus) if planes is None else list(planes)
+        result: dict[str, np.ndarray] = {}
+        for name in wanted:
+            if name not in hdus:
+                raise InputError(f"{path}: mask plane {name} not in the plane name table")
+            index = hdus[name]
+            if not 1 <= index < len(hdul) - 1 or not isinstance(hdul[index], fits.BinTableHDU):
+                raise InputError(f"{path}: HDU {index} of mask plane {name} missing")
+            result[name] = rasterize_spans(_plane_spans(hdul[index], path, name), shape)
+    return result

@@ -1,0 +1,99 @@
+"""NoiseReplacer and the clipped statistics it uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from processccd.meas.noise_replacement import NoiseReplacer, clipped_mean_stdev
+
+SKY_MEAN = 3.0
+SKY_SIGMA = 5.0
+
+
+def test_mt19937_seeding_matches_init_genrand() -> None:
+    raw = np.random.RandomState(1)._bit_generator.random_raw(3)
+    assert raw.tolist() == [1791095845, 4282876139, 3093770124]
+
+
+def test_clipped_stats_ignore_outliers() -> None:
+    rng = np.random.default_rng(2)
+    values = rng.normal(SKY_MEAN, SKY_SIGMA, 200_000)
+    values[:2000] = 1e4  # 1% bright contamination
+    mean, stdev = clipped_mean_stdev(values)
+    assert mean == pytest.approx(SKY_MEAN, abs=0.05)
+    # 3-sigma clipping of a Gaussian keeps 99.73% and shrinks sigma by ~1.3%
+    assert stdev == pytest.approx(SKY_SIGMA * 0.9866, rel=0.01)
+
+
+def scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A sky image with bright 'sources' in irregular (diamond and square) footprints."""
+    image = rng.normal(SKY_MEAN, SKY_SIGMA, size=(200, 300)).astype(np.float32)
+    yy, xx = np.mgrid[:200, :300]
+    index, ys, xs = [], [], []
+    for i, (cx, cy, r) in enumerate([(40, 50, 6), (150, 120, 10), (250, 30, 3), (100, 170, 8)]):
+        inside = (np.abs(xx - cx) + np.abs(yy - cy) <= r) if i % 2 == 0 else (
+            (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r // 2))
+        image[inside] += 1000.0
+        index.append(np.full(int(inside.sum()), i))
+        ys.append(yy[inside])
+        xs.append(xx[inside])
+    return image, np.concatenate(index), np.concatenate(ys), np.concatenate(xs)
+
+
+def test_replace_insert_remove_end_round_trip() -> None:
+    image, index, ys, xs = scene(np.random.default_rng(4))
+    original = image.copy()
+    in_footprint = np.zeros(image.shape, dtype=bool)
+    in_footprint[ys, xs] = True
+    replacer = NoiseReplacer(image, index, ys, xs)
+    assert replacer.n_footprints == 4
+    assert np.array_equal(image[~in_footprint], original[~in_footprint])  # outside never touched
+    assert np.all(image[in_footprint] < 500)  # sources gone
+    noised = image.copy()
+    for i in range(4):
+        replacer.insert(i)
+        mine = index == i
+        assert np.array_equal(image[ys[mine], xs[mine]], original[ys[mine], xs[mine]])
+        assert np.array_equal(image[ys[~mine], xs[~mine]], noised[ys[~mine], xs[~mine]])
+        replacer.remove(i)
+        assert np.array_equal(image, noised)
+    replacer.end()
+    assert np.array_equal(image, original)
+    with pytest.raises(IndexError):
+        replacer.insert(4)
+
+
+def test_noise_statistics_and_determinism() -> None:
+    rng = np.random.default_rng(8)
+    image = rng.normal(SKY_MEAN, SKY_SIGMA, size=(600, 600)).astype(np.float32)
+    ys, xs = np.mgrid[100:300, 200:350]
+    ys, xs = ys.ravel(), xs.ravel()
+    index = (ys >= 200).astype(int)  # two footprints of 15 000 pixels
+    image[ys, xs] += 50.0
+    first = image.copy()
+    replacer = NoiseReplacer(first, index, ys, xs, seed=1)
+    noise = first[ys, xs].astype(np.float64)
+    assert replacer.mean == pytest.approx(SKY_MEAN, abs=0.1)
+    assert replacer.stdev == pytest.approx(SKY_SIGMA * 0.9866, rel=0.02)
+    assert noise.mean() == pytest.approx(replacer.mean, abs=4 * replacer.stdev / np.sqrt(noise.size))
+    assert noise.std() == pytest.approx(replacer.stdev, rel=0.01)
+    second = image.copy()
+    NoiseReplacer(second, index, ys, xs, seed=1)
+    assert np.array_equal(first, second)
+    third = image.copy()
+    NoiseReplacer(third, index, ys, xs, seed=2)
+    assert not np.array_equal(first, third)
+
+
+def test_noise_is_drawn_box_by_box_in_footprint_order() -> None:
+    image = np.zeros((30, 40), dtype=np.float32)
+    image[::2, :] = 1.0  # clipped mean 0.5, stdev ~0.5 (n-1)
+    ys = np.array([5, 6, 6, 20])
+    xs = np.array([10, 9, 11, 30])
+    index = np.array([0, 0, 0, 1])
+    replacer = NoiseReplacer(image, index, ys, xs, seed=1)
+    normals = np.random.RandomState(1).standard_normal(7)  # box 0: rows 5..6 x cols 9..11; box 1: 1 px
+    picked = normals[[1, 3, 5, 6]]  # (y, x) = (5, 10), (6, 9), (6, 11), then box 1
+    expected = picked.astype(np.float32) * np.float32(replacer.stdev) + np.float32(replacer.mean)
+    assert np.array_equal(image[ys, xs], expected)

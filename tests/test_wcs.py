@@ -1,0 +1,100 @@
+"""Tests of the TAN-SIP fit to the exact SDSS transform and its FITS header round trip."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS, Sip
+
+from processccd.sdss.astrans import AsTrans, read_astrans
+from processccd.wcs import fit_tan_sip, wcs_max_error_mas
+
+PIXEL_DEG = 0.396 / 3600.0
+FRAMES = [(run, field, band) for run, field in [(4192, 300), (6377, 399)] for band in "ugriz"]
+
+# Distortion of the size found in the real asTrans files (z of run 4192): cubic in column only.
+DISTORTED = AsTrans(
+    a=351.5676, b=PIXEL_DEG, c=2e-8, d=-0.0090, e=1e-8, f=PIXEL_DEG,
+    d_row=(-0.0192, 8.2e-5, -7.8e-8, 2.0e-11), d_col=(-0.078, 6.9e-4, -8.9e-7, 2.9e-10),
+    cs_row=0.0, cs_col=0.0, cc_row=0.0, cc_col=0.0, ri_cut=100.0,
+    node=95.0, incl=0.0, mjd=52931.2, airmass=1.2, mu_err=0.05, nu_err=0.06,
+)
+
+
+def header_round_trip(wcs: WCS, path: Path) -> WCS:
+    """Write the WCS into a FITS image header and read it back."""
+    fits.PrimaryHDU(np.zeros((4, 4), dtype=np.float32), header=wcs.to_header(relax=True)).writeto(path)
+    with fits.open(path) as hdul:
+        return WCS(hdul[0].header)
+
+
+@pytest.fixture(scope="module")
+def distorted_wcs() -> WCS:
+    return fit_tan_sip(DISTORTED.pixel_to_sky)
+
+
+def test_fit_matches_transform(distorted_wcs: WCS) -> None:
+    assert wcs_max_error_mas(distorted_wcs, DISTORTED.pixel_to_sky) <= 1.0
+    centre = distorted_wcs.pixel_to_world_values(1023.5, 680.0)
+    np.testing.assert_allclose(centre, DISTORTED.pixel_to_sky(1023.5, 680.0), rtol=0, atol=1e-9)
+
+
+def test_fit_orientation(distorted_wcs: WCS) -> None:
+    """RA grows along +y, Dec along +x, 0.396"/pixel; reference pixel at the frame centre (FITS units)."""
+    cd = distorted_wcs.wcs.cd
+    assert abs(cd[0, 0]) < 1e-7 and abs(cd[1, 1]) < 1e-7
+    assert cd[0, 1] == pytest.approx(PIXEL_DEG, rel=0.01) and cd[1, 0] == pytest.approx(PIXEL_DEG, rel=0.01)
+    np.testing.assert_allclose(distorted_wcs.wcs.crpix, [1024.5, 681.0], atol=1e-3)
+
+
+def test_error_measure_discriminates(distorted_wcs: WCS) -> None:
+    shifted = replace(DISTORTED, d=DISTORTED.d + 5.0 / 3.6e6)  # 5 mas north
+    assert wcs_max_error_mas(distorted_wcs, shifted.pixel_to_sky) == pytest.approx(5.0, abs=1.0)
+    tan_only = fit_tan_sip(DISTORTED.pixel_to_sky, sip_degree=0)
+    assert wcs_max_error_mas(tan_only, DISTORTED.pixel_to_sky) > 10.0
+
+
+def test_fits_header_round_trip(distorted_wcs: WCS, tmp_path: Path) -> None:
+    header = distorted_wcs.to_header(relax=True)
+    assert (header["CTYPE1"], header["CTYPE2"]) == ("RA---TAN-SIP", "DEC--TAN-SIP")
+    assert header["A_ORDER"] == header["B_ORDER"] == header["AP_ORDER"] == header["BP_ORDER"] == 3
+    restored = header_round_trip(distorted_wcs, tmp_path / "wcs.fits")
+    assert restored.wcs.ctype[0] == "RA---TAN-SIP" and restored.sip is not None
+    assert wcs_max_error_mas(restored, DISTORTED.pixel_to_sky) <= 1.0
+    x = np.linspace(-0.5, 2047.5, 57)
+    y = np.linspace(-0.5, 1360.5, 57)
+    np.testing.assert_allclose(
+        restored.pixel_to_world_values(x, y), distorted_wcs.pixel_to_world_values(x, y), rtol=0, atol=1e-11
+    )
+
+
+def test_world_to_pixel_and_inverse_sip(distorted_wcs: WCS) -> None:
+    """Sky -> pixel by astropy's iteration and by the fitted AP/BP polynomials alone."""
+    xx, yy = np.meshgrid(np.linspace(-0.5, 2047.5, 41), np.linspace(-0.5, 1360.5, 29))
+    x, y = xx.ravel(), yy.ravel()
+    ra, dec = DISTORTED.pixel_to_sky(x, y)
+    x_back, y_back = distorted_wcs.world_to_pixel_values(ra, dec)
+    assert np.abs(x_back - x).max() < 0.005 and np.abs(y_back - y).max() < 0.005
+    pixels = np.stack([x, y], axis=1)
+    sip = distorted_wcs.sip
+    assert np.abs(sip.foc2pix(sip.pix2foc(pixels, 0), 0) - pixels).max() < 0.001
+    zero = np.zeros_like(sip.ap)
+    without_inverse = Sip(sip.a, sip.b, zero, zero, sip.crpix)
+    assert np.abs(without_inverse.foc2pix(sip.pix2foc(pixels, 0), 0) - pixels).max() > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run, field, band", FRAMES)
+def test_real_frames_fit_within_1_mas(
+    demo_dir: Path, tmp_path: Path, run: int, field: int, band: str
+) -> None:
+    path = demo_dir / "input" / str(run) / "40" / "astrom" / f"asTrans-{run:06d}.fit"
+    transform = read_astrans(path, 4, band, field)
+    wcs = fit_tan_sip(transform.pixel_to_sky)
+    assert wcs_max_error_mas(wcs, transform.pixel_to_sky) <= 1.0
+    restored = header_round_trip(wcs, tmp_path / "wcs.fits")
+    assert wcs_max_error_mas(restored, transform.pixel_to_sky) <= 1.0
