@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from processccd.meas.gaussian_flux import gaussian_flux, gaussian_flux_from_moments, gaussian_flux_psf_factor
 from processccd.meas.shape import adaptive_moments
-from processccd.psf import GaussianPsf, Psf
-
-
-def elliptical_gaussian(
-    size: tuple[int, int], x: float, y: float, ixx: float, ixy: float, iyy: float, flux: float
-) -> np.ndarray:
-    """A Gaussian of total flux `flux` and moments (ixx, ixy, iyy) sampled at the pixel centres."""
-    yy, xx = np.mgrid[: size[0], : size[1]].astype(np.float64)
-    dx, dy = xx - x, yy - y
-    det = ixx * iyy - ixy * ixy
-    exponent = (iyy * dx * dx - 2.0 * ixy * dx * dy + ixx * dy * dy) / det
-    return flux / (2.0 * np.pi * np.sqrt(det)) * np.exp(-0.5 * exponent)
+from processccd.psf import GaussianPsf, Psf, SdssKLPsf
+from test_shape import REAL_FRAMES, bright_isolated_stars, elliptical_gaussian
 
 
 def test_noiseless_gaussian_gives_true_flux() -> None:
@@ -104,3 +95,24 @@ def test_psf_factor_smaller_than_pixel_sum_for_winged_psf() -> None:
     psf = _WingedPsf()
     ratio = psf.compute_image(500.0, 500.0).sum() / gaussian_flux_psf_factor(psf, 500.0, 500.0)
     assert 1.05 < ratio < 1.4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("run", "band", "band_index", "gain"), REAL_FRAMES)
+def test_bright_isolated_stars_match_the_expected_gaussian_flux(
+    demo_dir: Path, run: int, band: str, band_index: int, gain: float
+) -> None:
+    """Expected flux.gaussian undone to raw: F = F''/a * p/p_psf, E = sqrt(E''^2 - (sa F''/a)^2)/a * p/p_psf."""
+    image, variance, rows = bright_isolated_stars(demo_dir, run, band, band_index, gain)
+    (psf_path,) = sorted(demo_dir.glob(f"input/{run}/*/objcs/*/psField-*.fit"))
+    psf = SdssKLPsf.from_file(psf_path, band)
+    ratios = []
+    for row in rows:
+        x, y = row["centroid.sdss.x"], row["centroid.sdss.y"]
+        result = gaussian_flux(image, variance, x, y)
+        scale = gaussian_flux_psf_factor(psf, x, y) / psf.compute_image(x, y).sum()
+        apcorr, apcorr_err = row["aperturecorrection"], row["aperturecorrection.err"]
+        corrected = row["flux.gaussian"] / apcorr
+        raw_err = math.sqrt(row["flux.gaussian.err"] ** 2 - (apcorr_err * corrected) ** 2) / apcorr
+        ratios.append([result.flux / (corrected * scale), result.flux_err / (raw_err * scale)])
+    np.testing.assert_allclose(np.median(ratios, axis=0), 1.0, atol=3e-3)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.table import Table
 from scipy.optimize import brentq
 
 from processccd.meas import shape as shape_module
@@ -206,3 +207,83 @@ def test_sdss_psf_sigmas_match_the_2013_log(demo_dir: Path, run: int, sigmas: di
     for band, expected in sigmas.items():
         psf = SdssKLPsf.from_file(path, band)
         assert psf_adaptive_sigma(psf.compute_image(1024.0, 680.0)) == pytest.approx(expected, abs=0.01)
+
+
+def test_large_box_row_chunks_match_the_flat_sums() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.normal(5.0, 1.0, (130, 150))
+    stamp = shape_module._Stamp(image, 70.3, 60.8, (2, 140, 1, 125))
+    assert stamp.pixels.size > shape_module.FLAT_LIMIT
+    weights = (1.0 / 900.0, 1e-4, 1.0 / 400.0)
+    chunked = shape_module._row_chunk_sums(stamp, *weights)
+    flat = shape_module._flat_sums(stamp, *weights)
+    np.testing.assert_allclose(
+        [chunked.s, chunked.sx, chunked.sy, chunked.sxx, chunked.sxy, chunked.syy],
+        [flat.s, flat.sx, flat.sy, flat.sxx, flat.sxy, flat.syy],
+        rtol=1e-10,
+    )
+
+
+def test_shiftmax_only_sets_the_flag() -> None:
+    image = elliptical_gaussian((40, 40), 1.0, 20.0, 2.0, 0.0, 2.0, 1e4)  # clipped at the left edge
+    tight = adaptive_moments(image, np.ones_like(image), -1.0, 20.0, shiftmax=1.0)
+    loose = adaptive_moments(image, np.ones_like(image), -1.0, 20.0, shiftmax=10.0)
+    assert tight.shift and not loose.shift
+    assert 1.0 < tight.max_shift == loose.max_shift < 10.0
+    assert (tight.ixx, tight.iyy, tight.i0) == (loose.ixx, loose.iyy, loose.i0)
+
+
+def bright_isolated_stars(
+    demo_dir: Path, run: int, band: str, band_index: int, gain: float
+) -> tuple[np.ndarray, np.ndarray, Table]:
+    """(image, variance, expected rows) of one frame: the fpC minus a coarse sep background (the
+    pipeline's E3 background differs slightly), variance = (fpC - 1000) / gain, and the expected rows of
+    bright (S/N > 100) isolated (> 20 px) unflagged point sources."""
+    import sep
+    from astropy.io import ascii, fits
+
+    (path,) = sorted(demo_dir.glob(f"input/{run}/*/corr/*/fpC-{run:06d}-{band}*.fit.gz"))
+    camcol, field = int(path.parent.name), int(path.name[-11:-7])
+    raw = fits.getdata(path).astype(np.float32)[:1361] - 1000.0
+    variance = raw / gain
+    image = raw - sep.Background(np.ascontiguousarray(raw), bw=512, bh=512).back()
+
+    table = ascii.read(demo_dir / "detected-sources.txt.expected", format="commented_header")
+    frame = ((run * 10 + band_index) * 10 + camcol) * 10000 + field
+    rows = table[(np.asarray(table["id"], dtype=np.int64) >> 26) == frame]
+    x, y = np.asarray(rows["centroid.sdss.x"]), np.asarray(rows["centroid.sdss.y"])
+    distance = np.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+    np.fill_diagonal(distance, np.inf)
+    keep = (
+        (np.asarray(rows["classification.extendedness"]) == 0.0)
+        & (np.asarray(rows["flux.psf"]) > 100.0 * np.asarray(rows["flux.psf.err"]))
+        & (distance.min(axis=1) > 20.0)
+    )
+    for column in ("flags.badcentroid", "flags.pixel.interpolated.any", "flags.pixel.saturated.any",
+                   "shape.sdss.flags"):
+        keep &= np.asarray(rows[column]).astype(str) == "False"
+    return image, variance, rows[keep]
+
+
+REAL_FRAMES = [(4192, "r", 2, 4.76), (6377, "i", 3, 4.885)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("run", "band", "band_index", "gain"), REAL_FRAMES)
+def test_bright_isolated_stars_match_the_expected_moments(
+    demo_dir: Path, run: int, band: str, band_index: int, gain: float
+) -> None:
+    """Moments and their errors of bright isolated stars agree with the 2013 values to a few 1e-3."""
+    image, variance, rows = bright_isolated_stars(demo_dir, run, band, band_index, gain)
+    assert len(rows) >= 20
+    ratios = []
+    for row in rows:
+        result = adaptive_moments(image, variance, row["centroid.sdss.x"], row["centroid.sdss.y"])
+        ratios.append(
+            [
+                result.ixx / row["shape.sdss.ixx"],
+                result.iyy / row["shape.sdss.iyy"],
+                result.err_ixx / row["shape.sdss.err.ixx"],
+            ]
+        )
+    np.testing.assert_allclose(np.median(ratios, axis=0), 1.0, atol=3e-3)

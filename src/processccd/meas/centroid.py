@@ -285,7 +285,7 @@ N_PARAMS = 5  # peak A, sky B, x0, y0, s
 PEAK, SKY, X0, Y0, SIGMA = range(N_PARAMS)
 
 # Fit status codes (0 = continue); negative values are fatal.
-BAD_GUESS, TOO_FEW, BAD_WIDTH, DIAGONAL, BAD_A, SINGULAR = -11, -12, -15, -17, -18, -1
+TOO_FEW, BAD_WIDTH, DIAGONAL, BAD_A, SINGULAR = -12, -15, -17, -18, -1
 
 
 class _GaussianFit:
@@ -293,6 +293,8 @@ class _GaussianFit:
 
     def __init__(self, box: np.ndarray, x_first: int, y_first: int, start: np.ndarray) -> None:
         self.box = box
+        self.x_first = float(x_first)
+        self.y_first = float(y_first)
         self.x_coords = np.arange(x_first, x_first + box.shape[1], dtype=np.float64)
         self.y_coords = np.arange(y_first, y_first + box.shape[0], dtype=np.float64)
         self.start = start
@@ -319,8 +321,8 @@ class _GaussianFit:
         if s <= 0.0:
             return BAD_WIDTH
         reach = MAX_RADIUS * s
-        x_first = self.x_coords[0]
-        y_first = self.y_coords[0]
+        x_first = self.x_first
+        y_first = self.y_first
         c0 = max(int(math.floor(x0 - reach - x_first)), 0)
         c1 = max(min(int(math.ceil(x0 + reach - x_first)) + 1, self.box.shape[1]), c0)
         r0 = max(int(math.floor(y0 - reach - y_first)), 0)
@@ -329,7 +331,7 @@ class _GaussianFit:
         dx = (self.x_coords[c0:c1] - x0) * inv_s
         dy = (self.y_coords[r0:r1] - y0) * inv_s
         d2 = (dy * dy)[:, None] + dx * dx
-        used = (d2 >= MIN_RADIUS * MIN_RADIUS) & (d2 <= MAX_RADIUS * MAX_RADIUS)
+        used = ((d2 >= MIN_RADIUS * MIN_RADIUS) & (d2 <= MAX_RADIUS * MAX_RADIUS)).astype(np.float64)
         # Rows: the 5 derivatives and the residual. Unused pixels get zeros, so they add exactly nothing;
         # one product of this matrix with its transpose gives alpha, beta and chi².
         rows = np.empty((N_PARAMS + 1, *d2.shape))
@@ -394,7 +396,7 @@ class _GaussianFit:
             return False
         if self.flamd < LAMBDA_OK or self.status < 0 or self.n_used < N_PARAMS + 1 or self.chisq <= 0.0:
             return True
-        x0, y0, s = self.params[X0], self.params[Y0], self.params[SIGMA]
+        _, _, x0, y0, s = self.params.tolist()
         if x0 < 0.0 or x0 > width or y0 < 0.0 or y0 > height or s < 0.0:
             return True
         if abs(self.start[X0] - x0) > LOST_DISTANCE or abs(self.start[Y0] - y0) > LOST_DISTANCE:
@@ -403,10 +405,11 @@ class _GaussianFit:
 
 
 def _half_maximum_width(profile: np.ndarray, centre: int, lo: int, hi: int, level: float) -> float:
-    """Distance between the half-maximum crossings of `profile` around index `centre`.
+    """Distance between the `level` crossings of `profile` on either side of index `centre`.
 
-    Searches upward up to index hi − 1 (default hi − 1) and downward to index 0 (default lo), with
-    linear interpolation between the last pixel above and the first at or below `level`.
+    The upper crossing is searched up to index hi − 1 (hi − 1 if none), the lower one down to index 0
+    (lo if none), each interpolated linearly between the last pixel above `level` and the first at or
+    below it (half a pixel beyond if the two are equal).
     """
     upper = float(hi - 1)
     above = np.flatnonzero(profile[centre + 1 : hi] <= level)

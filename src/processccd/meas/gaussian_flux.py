@@ -36,12 +36,19 @@ def _flux_scale(moments: AdaptiveMomentsResult) -> float:
     return 2.0 * math.pi * math.sqrt(major * minor)
 
 
-def gaussian_flux_from_moments(moments: AdaptiveMomentsResult) -> GaussianFluxResult:
-    """Gaussian flux and error of an adaptive-moments result (NaN when unweighted-bad or not PD)."""
+def gaussian_flux_from_moments(
+    moments: AdaptiveMomentsResult, shiftmax: float = GAUSSIAN_FLUX_SHIFTMAX
+) -> GaussianFluxResult:
+    """Gaussian flux and error of an adaptive-moments result (NaN when unweighted-bad or not PD).
+
+    The moments may come from a run with any shiftmax (it only sets a flag): the flux flag is
+    unweighted / unweighted-bad / maxiter, a centroid shift beyond `shiftmax`, or a NaN flux.
+    """
     scale = math.nan if moments.unweighted_bad else _flux_scale(moments)
     flux = scale * moments.i0
     flux_err = scale * math.sqrt(moments.covariance[0, 0]) if moments.covariance[0, 0] >= 0 else math.nan
-    return GaussianFluxResult(flux, flux_err, moments.flag or not math.isfinite(flux))
+    failed = moments.unweighted or moments.unweighted_bad or moments.maxiter or moments.max_shift > shiftmax
+    return GaussianFluxResult(flux, flux_err, failed or not math.isfinite(flux))
 
 
 def gaussian_flux(
@@ -51,7 +58,7 @@ def gaussian_flux(
 
     `flag` is set when any adaptive-moment flag is set or the flux is NaN.
     """
-    return gaussian_flux_from_moments(adaptive_moments(image, variance, x, y, shiftmax=shiftmax))
+    return gaussian_flux_from_moments(adaptive_moments(image, variance, x, y, shiftmax=shiftmax), shiftmax)
 
 
 def gaussian_flux_psf_factor(psf: Psf, x: float, y: float) -> float:

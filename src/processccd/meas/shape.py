@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -24,6 +25,8 @@ SUBSAMPLE_OFFSETS = np.array([-0.375, -0.125, 0.125, 0.375])
 MIN_DETERMINANT = float(np.finfo(np.float32).eps)  # smaller determinants count as singular
 MAX_INVERSE_WEIGHT = 1e6  # W^-1 elements beyond this are rejected (W absurdly small)
 UNWEIGHTED_BAD_MOMENT = 1.0 / 12.0  # moments of a single uniform pixel
+FLAT_LIMIT = 4096  # boxes up to this many pixels are summed with one matrix product
+CHUNK_PIXELS = 16384  # larger boxes are summed in row chunks of about this many pixels
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,9 @@ class AdaptiveMomentsResult:
     `covariance` is the inverse Fisher matrix of (I0, Wxx, Wyy, Wxy). `unweighted` is set for every
     failure of the weighted iteration (also when the unweighted fallback then fails, which sets
     `unweighted_bad` too); `maxiter` when the iteration limit was reached; `shift` when the weighted
-    centroid strayed more than `shiftmax` pixels from the fixed centre.
+    centroid strayed more than `shiftmax` pixels from the fixed centre in some iteration. `max_shift` is
+    the largest such offset (x or y, px; 0 if no weighted sum succeeded): shiftmax only sets the flag, so
+    one run serves shape.sdss (shiftmax 2) and flux.gaussian (shiftmax 10) alike.
     """
 
     ixx: float
@@ -49,6 +54,7 @@ class AdaptiveMomentsResult:
     unweighted: bool = False
     shift: bool = False
     maxiter: bool = False
+    max_shift: float = 0.0
 
     @property
     def flag(self) -> bool:
@@ -75,21 +81,28 @@ class _Sums:
 
 
 class _Stamp:
-    """Pixel values and offset products of one box, cached per box limits."""
+    """Pixel values (float64) of one box and the pixel-centre offsets from the fixed centre."""
 
     def __init__(self, image: np.ndarray, xc: float, yc: float, box: tuple[int, int, int, int]) -> None:
         x0, x1, y0, y1 = box
-        dx = np.arange(x0, x1 + 1, dtype=np.float64) - xc
-        dy = np.arange(y0, y1 + 1, dtype=np.float64) - yc
-        self.dx = np.broadcast_to(dx[None, :], (dy.size, dx.size)).ravel()
-        self.dy = np.broadcast_to(dy[:, None], (dy.size, dx.size)).ravel()
-        self.pixels = np.asarray(image[y0 : y1 + 1, x0 : x1 + 1], dtype=np.float64).ravel()
-        # rows: 1, dx, dy, dx^2, dx*dy, dy^2 -> one matrix product gives all six sums
-        self.products = np.stack(
-            [np.ones_like(self.dx), self.dx, self.dy, self.dx**2, self.dx * self.dy, self.dy**2]
-        )
-        # exponent = w11 dx^2 + 2 w12 dx dy + w22 dy^2 = quadratic @ (w11, w12, w22)
-        self.quadratic = np.stack([self.products[3], 2.0 * self.products[4], self.products[5]], axis=1)
+        self.box = box
+        self.x_offsets = np.arange(x0, x1 + 1, dtype=np.float64) - xc
+        self.y_offsets = np.arange(y0, y1 + 1, dtype=np.float64) - yc
+        self.pixels = np.asarray(image[y0 : y1 + 1, x0 : x1 + 1], dtype=np.float64)
+
+    @cached_property
+    def products(self) -> np.ndarray:
+        """Rows 1, dx, dy, dx^2, dx*dy, dy^2 over the flattened box: one matrix product gives all six sums,
+        and rows 3..5 against (w11, 2 w12, w22) give the weight exponent."""
+        ny, nx = self.pixels.shape
+        products = np.empty((6, ny, nx))
+        products[0] = 1.0
+        products[1] = self.x_offsets[None, :]
+        products[2] = self.y_offsets[:, None]
+        products[3] = (self.x_offsets * self.x_offsets)[None, :]
+        products[4] = np.multiply.outer(self.y_offsets, self.x_offsets)
+        products[5] = (self.y_offsets * self.y_offsets)[:, None]
+        return products.reshape(6, ny * nx)
 
 
 def _moment_box(
@@ -113,22 +126,54 @@ def _inverse_2x2(a11: float, a12: float, a22: float) -> tuple[float, float, floa
     return det, a22 / det, -a12 / det, a11 / det
 
 
-def _weighted_sums(stamp: _Stamp, w11: float, w12: float, w22: float, subsample: bool) -> _Sums:
-    """Sums of the pixels weighted by exp(-1/2 exponent), exponent = (w11, w12, w22) quadratic form."""
-    if not subsample:
-        exponent = stamp.quadratic @ np.array([w11, w12, w22])
-        weight = np.where(exponent <= MAX_EXPONENT, np.exp(-0.5 * exponent), 0.0)
-        sums = stamp.products @ (weight * stamp.pixels)
-        return _Sums(*(float(v) for v in sums))
-    # 4x4 sub-samples per pixel; each sub-sample carries the full pixel value (no 1/16, as in 2013)
+def _flat_sums(stamp: _Stamp, w11: float, w12: float, w22: float) -> _Sums:
+    """Weighted sums of a small box with matrix products (fast for a few thousand pixels)."""
+    products = stamp.products
+    exponent = np.array([w11, 2.0 * w12, w22]) @ products[3:]
+    weight = np.where(exponent <= MAX_EXPONENT, np.exp(-0.5 * exponent), 0.0)
+    weight *= stamp.pixels.ravel()
+    return _Sums(*(float(v) for v in products @ weight))
+
+
+def _row_chunk_sums(stamp: _Stamp, w11: float, w12: float, w22: float) -> _Sums:
+    """Weighted sums of a large box, separable in x and y, in row chunks that stay in cache."""
+    dx = stamp.x_offsets
+    dx2 = dx * dx
+    cross, xx_term = 2.0 * w12 * dx, w11 * dx2
+    totals = np.zeros(6)
+    rows = max(1, CHUNK_PIXELS // dx.size)
+    for start in range(0, stamp.y_offsets.size, rows):
+        dy = stamp.y_offsets[start : start + rows]
+        exponent = np.multiply.outer(dy, cross)
+        exponent += xx_term
+        exponent += (w22 * dy * dy)[:, None]
+        weight = np.exp(-0.5 * exponent)
+        weight[exponent > MAX_EXPONENT] = 0.0
+        weight *= stamp.pixels[start : start + rows]
+        column_sums, row_sums = weight.sum(axis=0), weight.sum(axis=1)
+        totals += (
+            column_sums.sum(),
+            column_sums @ dx,
+            row_sums @ dy,
+            column_sums @ dx2,
+            dy @ (weight @ dx),
+            row_sums @ (dy * dy),
+        )
+    return _Sums(*(float(v) for v in totals))
+
+
+def _subsampled_sums(stamp: _Stamp, w11: float, w12: float, w22: float) -> _Sums:
+    """4x4 sub-samples per pixel; each sub-sample carries the full pixel value (no 1/16, as in 2013)."""
+    dx, dy = stamp.products[1], stamp.products[2]
     corners = np.array([-0.375, 0.375])
-    cx = stamp.dx[None, :] + np.repeat(corners, 2)[:, None]
-    cy = stamp.dy[None, :] + np.tile(corners, 2)[:, None]
+    cx = dx[None, :] + np.repeat(corners, 2)[:, None]
+    cy = dy[None, :] + np.tile(corners, 2)[:, None]
     corner_exponent = w11 * cx * cx + 2.0 * w12 * cx * cy + w22 * cy * cy
     used = corner_exponent.max(axis=0) <= MAX_CORNER_EXPONENT
-    sx = stamp.dx[used][None, :] + np.repeat(SUBSAMPLE_OFFSETS, 4)[:, None]
-    sy = stamp.dy[used][None, :] + np.tile(SUBSAMPLE_OFFSETS, 4)[:, None]
-    weight = np.exp(-0.5 * (w11 * sx * sx + 2.0 * w12 * sx * sy + w22 * sy * sy)) * stamp.pixels[used]
+    sx = dx[used][None, :] + np.repeat(SUBSAMPLE_OFFSETS, 4)[:, None]
+    sy = dy[used][None, :] + np.tile(SUBSAMPLE_OFFSETS, 4)[:, None]
+    pixels = stamp.pixels.ravel()[used]
+    weight = np.exp(-0.5 * (w11 * sx * sx + 2.0 * w12 * sx * sy + w22 * sy * sy)) * pixels
     return _Sums(
         float(weight.sum()),
         float((weight * sx).sum()),
@@ -137,6 +182,15 @@ def _weighted_sums(stamp: _Stamp, w11: float, w12: float, w22: float, subsample:
         float((weight * sx * sy).sum()),
         float((weight * sy * sy).sum()),
     )
+
+
+def _weighted_sums(stamp: _Stamp, w11: float, w12: float, w22: float, subsample: bool) -> _Sums:
+    """Sums of the pixels weighted by exp(-1/2 exponent), exponent = (w11, w12, w22) quadratic form."""
+    if subsample:
+        return _subsampled_sums(stamp, w11, w12, w22)
+    if stamp.pixels.size <= FLAT_LIMIT:
+        return _flat_sums(stamp, w11, w12, w22)
+    return _row_chunk_sums(stamp, w11, w12, w22)
 
 
 def _fisher_covariance(i0: float, wxx: float, wxy: float, wyy: float, pixel_variance: float) -> np.ndarray:
@@ -174,12 +228,13 @@ def adaptive_moments(
 ) -> AdaptiveMomentsResult:
     """Adaptive moments of `image` (background already subtracted) about the fixed centre (x, y)."""
     shape = image.shape
-    stamps: dict[tuple[int, int, int, int], _Stamp] = {}
+    stamp: _Stamp | None = None  # the last box's pixels (boxes repeat once W settles)
     wxx, wxy, wyy = START_MOMENT, 0.0, START_MOMENT
     e1_old = e2_old = mxx_old = 1e6
     i0 = 0.0
     sums = _Sums(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    unweighted = shifted = hit_maxiter = False
+    unweighted = hit_maxiter = False
+    max_shift = 0.0
     box = _moment_box(shape, x, y, wxx, wyy)
     converged = False
     for _ in range(max_iter):
@@ -193,17 +248,15 @@ def adaptive_moments(
                 and abs(w12) <= MAX_INVERSE_WEIGHT):
             unweighted = True
             break
-        stamp = stamps.get(box)
-        if stamp is None:
-            stamp = stamps[box] = _Stamp(image, x, y, box)
+        if stamp is None or stamp.box != box:
+            stamp = _Stamp(image, x, y, box)
         subsample = wxx < SUBSAMPLE_LIMIT or wyy < SUBSAMPLE_LIMIT or det_w < SUBSAMPLE_LIMIT**2
         sums = _weighted_sums(stamp, w11, w12, w22, subsample)
         if not (sums.s > 0.0 and sums.sxx > 0.0 and sums.syy > 0.0):
             unweighted = True
             break
         i0 = sums.s / (math.pi * math.sqrt(det_w))
-        if abs(sums.sx / sums.s) > shiftmax or abs(sums.sy / sums.s) > shiftmax:
-            shifted = True
+        max_shift = max(max_shift, abs(sums.sx / sums.s), abs(sums.sy / sums.s))
         mxx, mxy, myy = sums.sxx / sums.s, sums.sxy / sums.s, sums.syy / sums.s
         e1 = (mxx - myy) / (mxx + myy)
         e2 = 2.0 * mxy / (mxx + myy)
@@ -227,21 +280,23 @@ def adaptive_moments(
     if not converged and not unweighted:
         unweighted = hit_maxiter = True
 
+    shifted = max_shift > shiftmax
     nan = math.nan
     no_covariance = np.full((4, 4), nan)
     if unweighted:
-        stamp = stamps.get(box) or _Stamp(image, x, y, box)
+        if stamp is None or stamp.box != box:
+            stamp = _Stamp(image, x, y, box)
         sums = _weighted_sums(stamp, 0.0, 0.0, 0.0, subsample=False)
         if not (sums.s > 0.0 and sums.sxx > 0.0 and sums.syy > 0.0):
             moment = UNWEIGHTED_BAD_MOMENT if sums.s > 0.0 else nan
             return AdaptiveMomentsResult(
                 moment, 0.0 if sums.s > 0.0 else nan, moment, nan, nan, nan, i0, sums.s, no_covariance,
-                unweighted_bad=True, unweighted=True, shift=shifted, maxiter=hit_maxiter,
+                unweighted_bad=True, unweighted=True, shift=shifted, maxiter=hit_maxiter, max_shift=max_shift,
             )
         wxx, wxy, wyy = sums.sxx / sums.s, sums.sxy / sums.s, sums.syy / sums.s
         return AdaptiveMomentsResult(
             wxx, wxy, wyy, nan, nan, nan, i0, sums.s, no_covariance,
-            unweighted=True, shift=shifted, maxiter=hit_maxiter,
+            unweighted=True, shift=shifted, maxiter=hit_maxiter, max_shift=max_shift,
         )
 
     covariance = no_covariance
@@ -250,7 +305,7 @@ def adaptive_moments(
         covariance = _fisher_covariance(i0, wxx, wxy, wyy, float(variance[iy, ix]))
     return AdaptiveMomentsResult(
         wxx, wxy, wyy, covariance[1, 1], covariance[3, 3], covariance[2, 2], i0, sums.s, covariance,
-        shift=shifted,
+        shift=shifted, max_shift=max_shift,
     )
 
 

@@ -11,7 +11,7 @@ from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import sinc_flux
 from processccd.meas.centroid import gaussian_centroid, sdss_centroid
-from processccd.meas.gaussian_flux import gaussian_flux, gaussian_flux_psf_factor
+from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor
 from processccd.meas.noise_replacement import NoiseReplacer
 from processccd.meas.pixel_flags import pixel_flags_many
 from processccd.meas.psf_flux import psf_flux
@@ -98,7 +98,7 @@ class MeasurementTask:
         cols["shape.sdss.err.iyy"][i] = shape.err_iyy
         cols["shape.sdss.flags"][i] = shape.flag
 
-        gauss = gaussian_flux(image, variance, x, y, shiftmax=config.gaussian_flux_shiftmax)
+        gauss = gaussian_flux_from_moments(shape, shiftmax=config.gaussian_flux_shiftmax)
         cols["flux.gaussian"][i], cols["flux.gaussian.err"][i] = gauss.flux, gauss.flux_err
         cols["flux.gaussian.psffactor"][i] = gaussian_flux_psf_factor(psf, x, y)
 
