@@ -24,8 +24,9 @@ IQ_TO_STDEV = 0.741301109252802  # interquartile range -> standard deviation of 
 SPLINE_MIN_POINTS = 3  # a natural cubic spline needs >= 3 knots (afw/GSL cspline; fewer -> exception)
 
 # arrays larger than this get their quantiles by bracketing with a sorted subsample (exact, faster)
-_DIRECT_SELECTION_SIZE = 200_000
+_DIRECT_SELECTION_SIZE = 20_000
 _SUBSAMPLE_STEP = 64
+_CORE_FRACTION = 0.7  # values within this fraction of the first clipping window are summed once
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,10 @@ class ClippedStats:
     n_kept: int
 
 
-def _bracketed_order_statistics(values: np.ndarray, first_rank: int) -> tuple[float, float] | None:
-    """The order statistics of rank `first_rank` and `first_rank + 1`, or None if the bracket missed."""
-    n = values.size
-    sample = np.sort(values[::_SUBSAMPLE_STEP])
-    m = sample.size
+def _bracketed_order_statistics(values: np.ndarray, sample: np.ndarray, first_rank: int) -> tuple[float, float] | None:
+    """Order statistics of rank `first_rank` and `first_rank + 1` of `values`, bracketed with the sorted
+    subsample `sample`; None if the bracket missed them."""
+    n, m = values.size, sample.size
     fraction = first_rank / max(n - 1, 1)
     margin = 8.0 * np.sqrt(m * max(fraction * (1.0 - fraction), 1.0 / m)) + 4.0
     position = fraction * (m - 1)
@@ -59,51 +59,93 @@ def _bracketed_order_statistics(values: np.ndarray, first_rank: int) -> tuple[fl
 
 
 def percentiles(values: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
-    """Quantiles of a 1-D float array, linearly interpolated between order statistics at p (n - 1)."""
+    """Quantiles of a float array, linearly interpolated between order statistics at p (n - 1)."""
     values = np.asarray(values).ravel()
     n = values.size
     if n == 0:
         raise ValueError("quantiles of an empty array")
-    indices = np.asarray(fractions, dtype=np.float64) * (n - 1)
-    ranks = np.minimum(np.floor(indices).astype(np.int64), max(n - 2, 0))
-    weights = indices - ranks
     if n == 1:
         return np.full(len(fractions), float(values[0]))
-    if n <= _DIRECT_SELECTION_SIZE:
-        wanted = np.unique(np.concatenate([ranks, ranks + 1]))
-        part = np.partition(values, wanted)
-        lower, upper = part[ranks].astype(np.float64), part[ranks + 1].astype(np.float64)
-    else:
-        pairs = [_bracketed_order_statistics(values, int(rank)) for rank in ranks]
-        if any(pair is None for pair in pairs):
-            part = np.partition(values, np.unique(np.concatenate([ranks, ranks + 1])))
-            pairs = [(float(part[rank]), float(part[rank + 1])) for rank in ranks]
-        lower, upper = np.array(pairs, dtype=np.float64).T
+    indices = np.asarray(fractions, dtype=np.float64) * (n - 1)
+    ranks = np.minimum(np.floor(indices).astype(np.int64), n - 2)
+    weights = indices - ranks
+    pairs = None
+    if n > _DIRECT_SELECTION_SIZE:
+        sample = np.sort(values[::_SUBSAMPLE_STEP])
+        pairs = [_bracketed_order_statistics(values, sample, int(rank)) for rank in ranks]
+    if pairs is None or any(pair is None for pair in pairs):
+        part = np.partition(values, np.unique(np.concatenate([ranks, ranks + 1])))
+        pairs = [(float(part[rank]), float(part[rank + 1])) for rank in ranks]
+    lower, upper = np.array(pairs, dtype=np.float64).T
     return lower + (upper - lower) * weights
+
+
+def float32_at_least(value: float) -> np.float32:
+    """Smallest float32 >= value: `a32 >= it` equals the exact comparison `a32 >= value`."""
+    rounded = np.float32(value)
+    return rounded if float(rounded) >= value else np.nextafter(rounded, np.float32(np.inf))
+
+
+def float32_at_most(value: float) -> np.float32:
+    """Largest float32 <= value."""
+    rounded = np.float32(value)
+    return rounded if float(rounded) <= value else np.nextafter(rounded, np.float32(-np.inf))
+
+
+def _in_window(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Boolean lo <= values <= hi, exact for float32 values and float64 bounds."""
+    if values.dtype == np.float32:
+        return (values >= float32_at_least(lo)) & (values <= float32_at_most(hi))
+    return (values >= lo) & (values <= hi)
+
+
+class _Sums:
+    """Count, sum and sum of squares of (v - reference) over a set of values, in float64."""
+
+    def __init__(self, values: np.ndarray, reference: float) -> None:
+        offsets = values.astype(np.float64) - reference
+        self.n = offsets.size
+        self.s1 = float(offsets.sum())
+        self.s2 = float(np.einsum("i,i->", offsets, offsets))  # not BLAS: no thread start-up
+
+    def __add__(self, other: _Sums) -> _Sums:
+        total = object.__new__(_Sums)
+        total.n, total.s1, total.s2 = self.n + other.n, self.s1 + other.s1, self.s2 + other.s2
+        return total
 
 
 def clipped_stats(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3) -> ClippedStats:
     """afw MEANCLIP/STDEVCLIP: `n_iter` passes of mean and n - 1 variance over the pixels kept.
 
     Pass 1 keeps |v - median| <= n_sigma * IQ_TO_STDEV * IQR; each later pass keeps |v - mean| <= n_sigma * sd
-    with mean and sd from the previous pass. Sums are accumulated in float64, relative to the current centre.
+    with mean and sd from the previous pass. Sums are accumulated in float64 relative to the median. For
+    speed the values well inside the first window (the "core") are summed once; a later pass only rescans
+    the rest, as long as its window still contains the core (else it rescans everything).
     """
     values = np.asarray(values).ravel()
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
     if values.size == 0:
         raise ValueError("clipped statistics of an empty array")
     q25, median, q75 = percentiles(values, (0.25, 0.5, 0.75))
-    centre, half_width = float(median), n_sigma * IQ_TO_STDEV * float(q75 - q25)
+    reference = float(median)
+    centre, half_width = reference, n_sigma * IQ_TO_STDEV * float(q75 - q25)
+    core_lo, core_hi = centre - _CORE_FRACTION * half_width, centre + _CORE_FRACTION * half_width
+    in_core = _in_window(values, core_lo, core_hi)
+    core, fringe = _Sums(values[in_core], reference), values[~in_core]
     mean, stdev, n_kept = np.nan, np.nan, 0
     for _ in range(n_iter):
-        offsets = values.astype(np.float64) - centre
-        kept = offsets[np.abs(offsets) <= half_width]
-        n_kept = kept.size
+        lo, hi = centre - half_width, centre + half_width
+        if lo <= core_lo and hi >= core_hi:
+            sums = core + _Sums(fringe[_in_window(fringe, lo, hi)], reference)
+        else:
+            sums = _Sums(values[_in_window(values, lo, hi)], reference)
+        n_kept = sums.n
         if n_kept == 0:
             return ClippedStats(np.nan, np.nan, 0)
-        sum_offsets = float(kept.sum())
-        mean_offset = sum_offsets / n_kept
-        variance = (float(np.dot(kept, kept)) - sum_offsets * mean_offset) / (n_kept - 1) if n_kept > 1 else np.nan
-        mean = centre + mean_offset
+        mean_offset = sums.s1 / n_kept
+        mean = reference + mean_offset
+        variance = (sums.s2 - sums.s1 * mean_offset) / (n_kept - 1) if n_kept > 1 else np.nan
         stdev = float(np.sqrt(max(variance, 0.0))) if n_kept > 1 else np.nan
         centre, half_width = mean, n_sigma * stdev
     return ClippedStats(float(mean), stdev, n_kept)

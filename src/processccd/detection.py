@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from processccd.background import BackgroundConfig, BackgroundModel, clipped_stdev, estimate_background
+from processccd.background import (
+    BackgroundConfig,
+    BackgroundModel,
+    clipped_stdev,
+    estimate_background,
+    float32_at_least,
+    float32_at_most,
+)
 
 # afw mask plane bits of the 2013 stack
 MASK_BITS: dict[str, int] = {
@@ -130,18 +137,6 @@ def smooth_middle(image: np.ndarray, sigma: float, kernel_size: int) -> np.ndarr
     return np.ascontiguousarray(along_y[half : along_y.shape[0] - half])
 
 
-def _float32_at_least(value: float) -> np.float32:
-    """Smallest float32 >= value, so that `a32 >= it` equals the float64 comparison `a32 >= value`."""
-    rounded = np.float32(value)
-    return rounded if float(rounded) >= value else np.nextafter(rounded, np.float32(np.inf))
-
-
-def _float32_at_most(value: float) -> np.float32:
-    """Largest float32 <= value."""
-    rounded = np.float32(value)
-    return rounded if float(rounded) <= value else np.nextafter(rounded, np.float32(-np.inf))
-
-
 def _spans(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of set pixels (row, first x, last x inclusive), in raster order."""
     height, width = binary.shape
@@ -245,7 +240,7 @@ def _build_footprints(
     values = smoothed[pixels.y, pixels.x]
     n = pixels.n_footprints
     n_pix = np.bincount(pixels.footprint, minlength=n)
-    n_included = np.bincount(pixels.footprint, weights=values >= _float32_at_least(include_level), minlength=n)
+    n_included = np.bincount(pixels.footprint, weights=values >= float32_at_least(include_level), minlength=n)
     kept = (n_pix >= min_pixels) & (n_included > 0)
     new_index = np.cumsum(kept) - 1
     keep_pixel = kept[pixels.footprint]
@@ -280,12 +275,12 @@ def _build_footprints(
 
 def _negative_mask(smoothed: np.ndarray, level: float, include_level: float) -> np.ndarray:
     """Pixels of the negative footprints (smoothed <= -level) that reach <= -include_level somewhere."""
-    below = smoothed <= _float32_at_most(-level)
+    below = smoothed <= float32_at_most(-level)
     if include_level <= level:
         return below
     labels, n = ndimage.label(below, structure=np.ones((3, 3), dtype=bool))
     strong = np.zeros(n + 1, dtype=bool)
-    strong[labels[smoothed <= _float32_at_most(-include_level)]] = True
+    strong[labels[smoothed <= float32_at_most(-include_level)]] = True
     strong[0] = False
     return strong[labels]
 
@@ -310,29 +305,25 @@ def detect_sources(
     mask = np.array(mask, copy=True)
     if mask.shape != image.shape:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
-    mask &= ~np.array(detected | detected_negative, dtype=mask.dtype)
+    np.bitwise_and(mask, ~np.array(detected | detected_negative, dtype=mask.dtype), out=mask)
     border = config.kernel_size // 2
 
     smoothed = smooth_middle(image, psf_sigma, config.kernel_size)
-    border_region = np.ones(image.shape, dtype=bool)
-    border_region[border : image.shape[0] - border, border : image.shape[1] - border] = False
-    mask[border_region] |= edge
+    middle = (slice(border, image.shape[0] - border), slice(border, image.shape[1] - border))
+    not_middle = np.ones(image.shape, dtype=bool)
+    not_middle[middle] = False
+    np.bitwise_or(mask, edge, out=mask, where=not_middle)
 
-    if config.threshold_type == "stdev":
-        threshold = config.threshold * clipped_stdev(smoothed)
-    else:
-        threshold = config.threshold
+    threshold = config.threshold * clipped_stdev(smoothed) if config.threshold_type == "stdev" else config.threshold
     include_level = config.include_multiplier * threshold
 
-    pixels = _label_pixels(smoothed >= _float32_at_least(threshold))
+    pixels = _label_pixels(smoothed >= float32_at_least(threshold))
     footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, image.shape, border)
     n_grow = int(config.n_sigma_to_grow * psf_sigma + 0.5)
-    mask[grow_diamond(footprints.label_image > 0, n_grow)] |= detected
+    np.bitwise_or(mask, detected, out=mask, where=grow_diamond(footprints.label_image > 0, n_grow))
     negative = np.zeros(image.shape, dtype=bool)
-    negative[border : image.shape[0] - border, border : image.shape[1] - border] = _negative_mask(
-        smoothed, threshold, include_level
-    )
-    mask[grow_diamond(negative, n_grow)] |= detected_negative
+    negative[middle] = _negative_mask(smoothed, threshold, include_level)
+    np.bitwise_or(mask, detected_negative, out=mask, where=grow_diamond(negative, n_grow))
 
     logging.getLogger(logger_name).info(
         "Detected %d positive sources to %g sigma", len(footprints), config.threshold

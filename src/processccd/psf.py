@@ -116,7 +116,7 @@ class SdssKLPsf(Psf):
                         array=self.basis),
         ]
         table = fits.BinTableHDU.from_columns(columns, name="SDSSKLPSF")
-        table.header["SDSSOFF"] = (self.sdss_offset, "offset added to x, y in the coefficient polynomial")
+        table.header["SDSSOFF"] = (self.sdss_offset, "offset added to x, y in the polynomial")
         table.header["COMMENT"] = "a_k(x,y) = sum_rc COEFFS_k[r,c] (0.001 (y+SDSSOFF))^r (0.001 (x+SDSSOFF))^c"
         table.header["COMMENT"] = "PSF kernel(x,y) = sum_k a_k(x,y) BASIS_k, centre at the middle pixel"
         fits.HDUList([fits.PrimaryHDU(), table]).writeto(path, overwrite=True)

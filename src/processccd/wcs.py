@@ -7,7 +7,6 @@ from collections.abc import Callable
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS, Sip
-from astropy.wcs.utils import fit_wcs_from_points
 
 from processccd.errors import CalibrationError
 
@@ -31,20 +30,69 @@ def fit_tan_sip(
 ) -> WCS:
     """TAN-SIP WCS (pixel origin 0 = our 0-based pixel centres) fitted to `transform` on a 33 x 23 grid.
 
-    `transform(x, y)` returns (RA, Dec) in degrees for 0-based pixel coordinates; the projection point
-    is the sky position of the frame centre.
+    `transform(x, y)` returns (RA, Dec) in degrees for 0-based pixel coordinates. CRPIX is the frame
+    centre and CRVAL exactly its sky position; the grid's gnomonic coordinates about CRVAL are fitted by
+    linear least squares with polynomials of degree `sip_degree` without constant term (zero at CRPIX by
+    construction): the linear terms give CD, the higher ones the SIP A/B. sip_degree < 2 gives plain TAN.
     """
     x, y = _pixel_grid(width, height, 33, 23)
     ra, dec = transform(x, y)
-    sky = SkyCoord(ra, dec, unit="deg", frame="icrs")
-    centre_ra, centre_dec = transform(np.array([(width - 1) / 2.0]), np.array([(height - 1) / 2.0]))
-    centre = SkyCoord(centre_ra[0], centre_dec[0], unit="deg", frame="icrs")
-    wcs = fit_wcs_from_points((x, y), sky, proj_point=centre, projection="TAN", sip_degree=sip_degree)
-    if not np.all(np.isfinite(wcs.wcs.cd)):
-        raise CalibrationError("TAN-SIP fit of the pixel -> sky transform failed (non-finite CD matrix)")
-    if wcs.sip is not None:
-        _fit_inverse_sip(wcs, x, y)
+    crpix = np.array([(width + 1) / 2.0, (height + 1) / 2.0])  # FITS pixels (1-based)
+    centre_ra, centre_dec = transform(np.array([crpix[0] - 1.0]), np.array([crpix[1] - 1.0]))
+    crval = np.array([float(centre_ra[0]), float(centre_dec[0])])
+    xi, eta = _gnomonic(ra, dec, crval)
+    u = x + 1.0 - crpix[0]
+    v = y + 1.0 - crpix[1]
+    degree = max(sip_degree, 1)
+    terms = [(p, q) for p in range(degree + 1) for q in range(degree + 1 - p) if p + q >= 1]
+    scale = 1000.0  # condition the design matrix
+    design = np.stack([(u / scale) ** p * (v / scale) ** q for p, q in terms], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, np.stack([xi, eta], axis=1), rcond=None)
+    coefficients /= np.array([scale ** (p + q) for p, q in terms])[:, np.newaxis]  # rows: terms, cols: xi, eta
+    cd = np.stack([coefficients[terms.index((1, 0))], coefficients[terms.index((0, 1))]], axis=1)
+    if not np.all(np.isfinite(cd)) or abs(np.linalg.det(cd)) == 0.0:
+        raise CalibrationError("TAN-SIP fit of the pixel -> sky transform failed (singular CD matrix)")
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.crpix = crpix
+    wcs.wcs.crval = crval
+    wcs.wcs.cd = cd
+    wcs.wcs.cunit = ["deg", "deg"]
+    wcs.wcs.radesys = "ICRS"
+    wcs.pixel_shape = (width, height)
+    if sip_degree < 2:
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        wcs.wcs.set()
+        return wcs
+    wcs.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    distortion = np.linalg.solve(cd, coefficients.T).T  # CD^-1 (xi, eta) per term: (u + A, v + B)
+    a = np.zeros((sip_degree + 1, sip_degree + 1))
+    b = np.zeros((sip_degree + 1, sip_degree + 1))
+    for (p, q), (a_pq, b_pq) in zip(terms, distortion, strict=True):
+        if p + q >= 2:
+            a[p, q] = a_pq
+            b[p, q] = b_pq
+    wcs.sip = Sip(a, b, None, None, crpix)
+    wcs.wcs.set()
+    _fit_inverse_sip(wcs, x, y)
     return wcs
+
+
+def _gnomonic(ra: np.ndarray, dec: np.ndarray, crval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Standard coordinates (xi, eta) [deg] of (ra, dec) [deg] on the tangent plane at crval (WCSLIB TAN).
+
+    With the default LONPOLE = 180 of a zenithal projection, WCSLIB's intermediate world coordinates are
+    the standard coordinates: xi toward +RA, eta toward +Dec.
+    """
+    ra0, dec0 = np.radians(crval)
+    delta_ra = np.radians(ra) - ra0
+    dec_rad = np.radians(dec)
+    cos_dec = np.cos(dec_rad)
+    sin_dec = np.sin(dec_rad)
+    denominator = sin_dec * np.sin(dec0) + cos_dec * np.cos(dec0) * np.cos(delta_ra)
+    xi = cos_dec * np.sin(delta_ra) / denominator
+    eta = (sin_dec * np.cos(dec0) - cos_dec * np.sin(dec0) * np.cos(delta_ra)) / denominator
+    return np.degrees(xi), np.degrees(eta)
 
 
 def _sip_polynomial(coefficients: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -53,10 +101,9 @@ def _sip_polynomial(coefficients: np.ndarray, u: np.ndarray, v: np.ndarray) -> n
 
 
 def _fit_inverse_sip(wcs: WCS, x: np.ndarray, y: np.ndarray) -> None:
-    """Replace the all-zero inverse SIP (AP, BP) of `wcs` by a least-squares fit on the pixels (x, y).
+    """Set the inverse SIP (AP, BP) of `wcs` by a least-squares fit on the pixels (x, y).
 
-    fit_wcs_from_points writes AP_ORDER/BP_ORDER with zero coefficients; tools that use the inverse
-    polynomials (instead of astropy's iteration) would be off by up to ~0.5 px.
+    Tools that use the inverse polynomials (instead of astropy's iteration) need them to map sky -> pixel.
     """
     sip = wcs.sip
     order = sip.a_order

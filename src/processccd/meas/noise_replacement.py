@@ -83,11 +83,14 @@ def ziggurat_normals(count: int, seed: int = 1) -> np.ndarray:
     walked in order to drop the words they consume.
     """
     limits, widths, heights = ziggurat_tables()
-    generator = np.random.RandomState(seed)  # MT19937 with init_genrand seeding, like GSL's mt19937
+    gsl_seed = seed if seed != 0 else 4357  # GSL's mt19937 replaces seed 0 by its default 4357
+    generator = np.random.RandomState(gsl_seed)  # MT19937 with init_genrand seeding, like GSL's mt19937
     words = np.empty(0, dtype=np.int64)
+    values = np.empty(0)
     while True:
-        extra = count - len(words) + count // 16 + 64
-        words = np.concatenate([words, generator.randint(0, 2**32, size=extra, dtype=np.uint32).astype(np.int64)])
+        extra = max(count - len(values), 0) + count // 16 + 64
+        more = generator.randint(0, 2**32, size=extra, dtype=np.uint32).astype(np.int64)
+        words = np.concatenate([words, more])
         values, complete = _ziggurat_from_words(words, limits, widths, heights)
         if complete and len(values) >= count:
             return values[:count]
@@ -138,9 +141,9 @@ class NoiseReplacer:
     footprint's bounding box (rows upward, x increasing within a row), footprints in index order, from
     one generator seeded `seed`; only the footprint pixels of each box are used.
 
-    Random numbers: numpy's legacy `RandomState(seed)` (MT19937 with the standard init_genrand seeding,
-    as GSL's mt19937) and its Box–Muller Gaussian; the 2013 stack used GSL's ziggurat Gaussian,
-    so individual noise values differ from the 2013 ones.
+    Random numbers: `ziggurat_normals` (bit-identical to GSL's mt19937 + ziggurat Gaussian, as afw's
+    Random used in 2013); each value is cast to float32, multiplied by sd and offset by the mean in
+    float32, as afw filled its noise image.
     """
 
     def __init__(
@@ -187,10 +190,9 @@ class NoiseReplacer:
         box_height[has_pixels] = np.maximum.reduceat(self._ys, starts) - y0[has_pixels] + 1
         box_area = box_width * box_height
         box_offset = np.concatenate([[0], np.cumsum(box_area)])
-        normals = np.random.RandomState(seed).standard_normal(int(box_offset[-1]))
+        normals = ziggurat_normals(int(box_offset[-1]), seed)
         index = self._index
         position = box_offset[index] + (self._ys - y0[index]) * box_width[index] + (self._xs - x0[index])
-        # afw filled a float32 image with N(0,1), then multiplied by sd and added the mean in float32
         noise = normals[position].astype(np.float32)
         noise *= np.float32(self.stdev)
         noise += np.float32(self.mean)

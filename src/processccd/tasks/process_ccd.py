@@ -14,7 +14,7 @@ from processccd import __version__
 from processccd.background import estimate_background
 from processccd.butler import Butler
 from processccd.dataid import DataId
-from processccd.detection import DetectionConfig, DetectionResult, detect_sources
+from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
 from processccd.image import Exposure, mask_bit
 from processccd.meas.shape import psf_adaptive_sigma
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, write_source_table
@@ -41,6 +41,19 @@ class ProcessCcdConfig:
 
 
 @dataclass
+class StageResult:
+    """What a detection + measurement stage produced."""
+
+    columns: dict[str, np.ndarray]  # source catalogue columns (table.SOURCE_SCHEMA + EXTRA_SCHEMA)
+    footprints: Footprints
+    background: np.ndarray  # float64 background subtracted during the stage
+
+    @property
+    def n_sources(self) -> int:
+        return len(self.footprints)
+
+
+@dataclass
 class ProcessCcdResult:
     data_id: DataId
     n_icsrc: int
@@ -58,32 +71,43 @@ class ProcessCcdTask:
     def run(self, data_id: DataId) -> ProcessCcdResult:
         start = time.perf_counter()
         log.info("Processing %s", data_id.as_dict())
-        config = self.config
-        exposure = make_exposure(self.butler, data_id, config.exposure)
-        ignored = sum(mask_bit(p) for p in BACKGROUND_IGNORED_PLANES)
+        exposure = make_exposure(self.butler, data_id, self.config.exposure)
+        calib = self.calibrate_stage(exposure)
+        final = self.final_stage(exposure, first_sequence=calib.n_sources + 1)
+        background = calib.background + final.background
+        self._write(data_id, exposure, background.astype(np.float32), calib.columns, final.columns)
+        seconds = time.perf_counter() - start
+        log.info("Finished %s in %.2f s: %d icSrc, %d src", data_id.label(), seconds, calib.n_sources,
+                 final.n_sources)
+        return ProcessCcdResult(data_id, calib.n_sources, final.n_sources, seconds)
 
+    def psf_sigma(self, exposure: Exposure) -> float:
+        """Adaptive-moment width of the PSF where detection evaluates it (2013: the frame centre)."""
+        return psf_adaptive_sigma(exposure.psf.compute_image(*self.config.psf_sigma_position))
+
+    def calibrate_stage(self, exposure: Exposure) -> StageResult:
+        """Background 1 -> E1, bright detection (x10) + background 2 -> E2, icSrc measurement.
+
+        The exposure's image becomes E2 in place.
+        """
+        config = self.config
+        ignored = sum(mask_bit(p) for p in BACKGROUND_IGNORED_PLANES)
         background = estimate_background(exposure.image, exposure.mask, ignored, config.background_bin_size)
         exposure.image = (exposure.image - background.image).astype(np.float32)
-        total_background = background.image.astype(np.float64)
+        detection = self._detect(exposure, self.psf_sigma(exposure), config.calibrate_detection,
+                                 "processCcd.calibrate.detection")
+        columns = MeasurementTask(config.measurement).run(exposure, detection.footprints, first_sequence=1,
+                                                          logger_name="processCcd.calibrate.measurement")
+        return StageResult(columns=columns, footprints=detection.footprints,
+                           background=background.image.astype(np.float64) + detection.background)
 
-        psf_sigma = psf_adaptive_sigma(exposure.psf.compute_image(*config.psf_sigma_position))
-
-        calib = self._detect(exposure, psf_sigma, config.calibrate_detection, "processCcd.calibrate.detection")
-        total_background += calib.background
-        measurement = MeasurementTask(config.measurement)
-        ic_columns = measurement.run(exposure, calib.footprints, first_sequence=1,
-                                     logger_name="processCcd.calibrate.measurement")
-
-        final = self._detect(exposure, psf_sigma, config.detection, "processCcd.detection")
-        total_background += final.background
-        src_columns = measurement.run(exposure, final.footprints, first_sequence=len(calib.footprints) + 1,
-                                      logger_name="processCcd.measurement")
-
-        self._write(data_id, exposure, total_background.astype(np.float32), ic_columns, src_columns)
-        seconds = time.perf_counter() - start
-        log.info("Finished %s in %.2f s: %d icSrc, %d src", data_id.label(), seconds,
-                 len(calib.footprints), len(final.footprints))
-        return ProcessCcdResult(data_id, len(calib.footprints), len(final.footprints), seconds)
+    def final_stage(self, exposure: Exposure, first_sequence: int) -> StageResult:
+        """Final detection + background 3 -> E3 (in place), src measurement."""
+        detection = self._detect(exposure, self.psf_sigma(exposure), self.config.detection, "processCcd.detection")
+        columns = MeasurementTask(self.config.measurement).run(exposure, detection.footprints, first_sequence,
+                                                               logger_name="processCcd.measurement")
+        return StageResult(columns=columns, footprints=detection.footprints,
+                           background=detection.background.astype(np.float64))
 
     @staticmethod
     def _detect(exposure: Exposure, psf_sigma: float, config: DetectionConfig, logger_name: str
