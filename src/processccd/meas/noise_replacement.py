@@ -8,30 +8,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.optimize import brentq
 
-IQR_TO_STDEV = 0.741301109  # sigma of a Gaussian per unit inter-quartile range
-CLIP_SIGMA = 3.0
-CLIP_PASSES = 3
-
-
-def clipped_mean_stdev(values: np.ndarray, n_sigma: float = CLIP_SIGMA, passes: int = CLIP_PASSES) -> tuple[
-    float, float
-]:
-    """afw MEANCLIP / STDEVCLIP: pass 1 keeps |v − median| ≤ n·0.7413·IQR, later passes |v − mean| ≤ n·σ.
-
-    Mean and σ (n−1 normalisation) of the kept values of each pass feed the next; returns the last pass's.
-    """
-    values = np.asarray(values, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
-    q25, median, q75 = np.percentile(values, [25.0, 50.0, 75.0])
-    centre, half_width = median, n_sigma * IQR_TO_STDEV * (q75 - q25)
-    mean, stdev = float("nan"), float("nan")
-    for _ in range(passes):
-        kept = values[np.abs(values - centre) <= half_width]
-        mean = float(kept.mean())
-        stdev = float(kept.std(ddof=1))
-        centre, half_width = mean, n_sigma * stdev
-    return mean, stdev
-
+from processccd.background import clipped_stats
 
 # --- GSL-compatible ziggurat Gaussian (Marsaglia & Tsang 2000 in J. Voss's variant, GSL >= 1.8) ---------
 # 128 strips of equal area V under f(x) = exp(-x²/2): strips 0..126 are rectangles of width x[i+1] between
@@ -135,7 +112,8 @@ class NoiseReplacer:
     """Swap every footprint's pixels for Gaussian noise, and individual footprints back in and out.
 
     `image` is modified IN PLACE: on construction the pixels of all footprints become noise
-    N(mean, sd), mean/sd = 3-pass clipped statistics of the whole image (taken before replacement).
+    N(mean, sd), mean/sd = 3-pass clipped statistics of the whole image (taken before replacement,
+    `processccd.background.clipped_stats`).
     Footprint pixels are given as concatenated lists: pixel j belongs to footprint `footprint_index[j]`
     (0..n−1) and lies at (xs[j], ys[j]); footprints must not overlap. Noise is drawn over each
     footprint's bounding box (rows upward, x increasing within a row), footprints in index order, from
@@ -166,7 +144,8 @@ class NoiseReplacer:
         self._ys = ys[order]
         self._xs = xs[order]
         self._starts = np.searchsorted(self._index, np.arange(n_footprints + 1))
-        self.mean, self.stdev = clipped_mean_stdev(image)
+        stats = clipped_stats(image)
+        self.mean, self.stdev = stats.mean, stats.stdev
         self._original = image[self._ys, self._xs].copy()
         self._noise = self._draw_noise(n_footprints, seed).astype(image.dtype)
         image[self._ys, self._xs] = self._noise

@@ -55,10 +55,15 @@ class StageResult:
 
 @dataclass
 class ProcessCcdResult:
+    """Small summary of one frame (what an executor sends back to the client)."""
+
     data_id: DataId
     n_icsrc: int
     n_src: int
     seconds: float
+    n_matches: int | None = None  # reference-catalogue matches of the calibration stage
+    zero_point: float | None = None  # photometric zero point [mag] (m = ZP - 2.5 log10 DN)
+    ap_corr_central: float | None = None  # aperture correction at the frame centre
 
 
 class ProcessCcdTask:
