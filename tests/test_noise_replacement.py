@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from processccd.meas.noise_replacement import NoiseReplacer, ziggurat_normals
+from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order, ziggurat_normals
 
 SKY_MEAN = 3.0
 SKY_SIGMA = 5.0
@@ -104,3 +104,29 @@ def test_noise_is_drawn_box_by_box_in_footprint_order() -> None:
     picked = normals[[1, 3, 5, 6]]  # (y, x) = (5, 10), (6, 9), (6, 11), then box 1
     expected = picked.astype(np.float32) * np.float32(replacer.stdev) + np.float32(replacer.mean)
     assert np.array_equal(image[ys, xs], expected)
+
+
+def test_draw_order_changes_which_box_gets_which_numbers() -> None:
+    image = np.zeros((30, 40), dtype=np.float32)
+    image[::2, :] = 1.0
+    ys = np.array([5, 6, 20, 21])
+    xs = np.array([10, 10, 30, 30])
+    index = np.array([0, 0, 1, 1])
+    replacer = NoiseReplacer(image, index, ys, xs, draw_order=np.array([1, 0]))
+    normals = ziggurat_normals(4, seed=1)[[2, 3, 0, 1]]  # footprint 1 draws first
+    expected = normals.astype(np.float32) * np.float32(replacer.stdev) + np.float32(replacer.mean)
+    assert np.array_equal(image[ys, xs], expected)
+    with pytest.raises(ValueError):
+        NoiseReplacer(image.copy(), index, ys, xs, draw_order=np.array([0, 0]))
+
+
+def test_python27_dict_order() -> None:
+    # small ints iterate in sorted order; collisions probe 5*slot + 1 + perturb (CPython 2.7 rules)
+    assert python27_dict_order(np.arange(20)[::-1]).tolist() == list(range(19, -1, -1))
+    assert python27_dict_order(np.array([5, 13, 21, 3])).tolist() == [3, 2, 0, 1]
+    exp_id = ((4192 * 10 + 0) * 10 + 4) * 10000 + 300
+    ids = exp_id * 2**26 + np.arange(101, 101 + 740)  # table of 2048 slots: ascending ids
+    assert python27_dict_order(ids).tolist() == list(range(740))
+    ids = exp_id * 2**26 + np.arange(181, 181 + 340)  # 512 slots: ids >= 512 wrap to the front
+    order = python27_dict_order(ids)
+    assert order[:9].tolist() == list(range(331, 340)) and order[9:].tolist() == list(range(331))

@@ -278,10 +278,12 @@ def _negative_mask(smoothed: np.ndarray, level: float, include_level: float) -> 
     below = smoothed <= float32_at_most(-level)
     if include_level <= level:
         return below
+    strong_pixels = smoothed <= float32_at_most(-include_level)
+    if not strong_pixels.any():
+        return np.zeros(smoothed.shape, dtype=bool)
     labels, n = ndimage.label(below, structure=np.ones((3, 3), dtype=bool))
     strong = np.zeros(n + 1, dtype=bool)
-    strong[labels[smoothed <= float32_at_most(-include_level)]] = True
-    strong[0] = False
+    strong[labels[strong_pixels]] = True
     return strong[labels]
 
 

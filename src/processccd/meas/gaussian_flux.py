@@ -64,7 +64,12 @@ def gaussian_flux(
 def gaussian_flux_psf_factor(psf: Psf, x: float, y: float) -> float:
     """PSF factor p of flux.gaussian: the same measurement on the peak-normalised PSF image at (x, y),
     padded by 5 px, about the stamp centre ((w-1)/2) with unit variance. NaN if that measurement fails."""
-    stamp = np.pad(psf.compute_image(x, y), PSF_FACTOR_PADDING)
+    return gaussian_flux_psf_factor_of_image(psf.compute_image(x, y))
+
+
+def gaussian_flux_psf_factor_of_image(psf_image: np.ndarray) -> float:
+    """`gaussian_flux_psf_factor` for an already computed `Psf.compute_image` stamp."""
+    stamp = np.pad(psf_image, PSF_FACTOR_PADDING)
     height, width = stamp.shape
     result = gaussian_flux(stamp, np.ones_like(stamp), (width - 1) / 2.0, (height - 1) / 2.0)
     return result.flux

@@ -108,6 +108,43 @@ def _ziggurat_from_words(
     return (sign * x)[keep], last_start == len(words) - 1
 
 
+def python27_dict_order(keys: np.ndarray) -> np.ndarray:
+    """Positions of `keys` (distinct non-negative ints < 2^63) in the iteration order of a CPython 2.7
+    dict built by inserting them in the given order.
+
+    The 2013 replaceWithNoise kept the footprints in a dict keyed by source id and drew their noise in
+    `dict.keys()` order. CPython 2.7: hash(n) = n; slot = hash & mask, probing
+    slot ← (5·slot + 1 + perturb) & mask, perturb ← perturb >> 5 (perturb starts at the hash); after an
+    insertion that makes 3·used ≥ 2·size the table is rebuilt (old slot order) with the smallest
+    power-of-two size (≥ 8) above 4·used (2·used beyond 50 000 entries); iteration follows the slots.
+    """
+    keys = [int(k) for k in np.asarray(keys).ravel()]
+    size = 8
+    table: list[int | None] = [None] * size
+
+    def place(position: int, slots: list[int | None]) -> None:
+        mask = len(slots) - 1
+        slot = keys[position] & mask
+        perturb = keys[position]
+        while slots[slot] is not None:
+            slot = (5 * slot + 1 + perturb) & mask
+            perturb >>= 5
+        slots[slot] = position
+
+    for used, position in enumerate(range(len(keys)), start=1):
+        place(position, table)
+        if 3 * used >= 2 * size:
+            minimum = (2 if used > 50_000 else 4) * used
+            size = 8
+            while size <= minimum:
+                size *= 2
+            old, table = table, [None] * size
+            for entry in old:
+                if entry is not None:
+                    place(entry, table)
+    return np.array([entry for entry in table if entry is not None], dtype=np.int64)
+
+
 class NoiseReplacer:
     """Swap every footprint's pixels for Gaussian noise, and individual footprints back in and out.
 
@@ -117,7 +154,9 @@ class NoiseReplacer:
     Footprint pixels are given as concatenated lists: pixel j belongs to footprint `footprint_index[j]`
     (0..n−1) and lies at (xs[j], ys[j]); footprints must not overlap. Noise is drawn over each
     footprint's bounding box (rows upward, x increasing within a row), footprints in index order, from
-    one generator seeded `seed`; only the footprint pixels of each box are used.
+    one generator seeded `seed`; only the footprint pixels of each box are used. `draw_order` (a
+    permutation of the footprint indices) changes the order in which the boxes are drawn: the 2013 stack
+    drew them in Python-2 dict order of the source ids, `python27_dict_order(ids)`.
 
     Random numbers: `ziggurat_normals` (bit-identical to GSL's mt19937 + ziggurat Gaussian, as afw's
     Random used in 2013); each value is cast to float32, multiplied by sd and offset by the mean in
@@ -132,6 +171,7 @@ class NoiseReplacer:
         xs: np.ndarray,
         seed: int = 1,
         n_footprints: int | None = None,
+        draw_order: np.ndarray | None = None,
     ) -> None:
         footprint_index = np.asarray(footprint_index, dtype=np.int64)
         ys = np.asarray(ys, dtype=np.int64)
@@ -147,14 +187,19 @@ class NoiseReplacer:
         stats = clipped_stats(image)
         self.mean, self.stdev = stats.mean, stats.stdev
         self._original = image[self._ys, self._xs].copy()
-        self._noise = self._draw_noise(n_footprints, seed).astype(image.dtype)
+        if draw_order is None:
+            draw_order = np.arange(n_footprints)
+        draw_order = np.asarray(draw_order, dtype=np.int64)
+        if not np.array_equal(np.sort(draw_order), np.arange(n_footprints)):
+            raise ValueError("draw_order must be a permutation of the footprint indices")
+        self._noise = self._draw_noise(n_footprints, seed, draw_order).astype(image.dtype)
         image[self._ys, self._xs] = self._noise
 
     @property
     def n_footprints(self) -> int:
         return len(self._starts) - 1
 
-    def _draw_noise(self, n_footprints: int, seed: int) -> np.ndarray:
+    def _draw_noise(self, n_footprints: int, seed: int, draw_order: np.ndarray) -> np.ndarray:
         """Noise value of every (sorted) footprint pixel, drawn box by box from one generator."""
         counts = np.diff(self._starts)
         has_pixels = counts > 0
@@ -168,8 +213,9 @@ class NoiseReplacer:
         box_width[has_pixels] = np.maximum.reduceat(self._xs, starts) - x0[has_pixels] + 1
         box_height[has_pixels] = np.maximum.reduceat(self._ys, starts) - y0[has_pixels] + 1
         box_area = box_width * box_height
-        box_offset = np.concatenate([[0], np.cumsum(box_area)])
-        normals = ziggurat_normals(int(box_offset[-1]), seed)
+        box_offset = np.empty(n_footprints, dtype=np.int64)
+        box_offset[draw_order] = np.cumsum(box_area[draw_order]) - box_area[draw_order]
+        normals = ziggurat_normals(int(box_area.sum()), seed)
         index = self._index
         position = box_offset[index] + (self._ys - y0[index]) * box_width[index] + (self._xs - x0[index])
         noise = normals[position].astype(np.float32)

@@ -11,10 +11,10 @@ from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import sinc_flux
 from processccd.meas.centroid import gaussian_centroid, sdss_centroid
-from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor
-from processccd.meas.noise_replacement import NoiseReplacer
+from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor_of_image
+from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
-from processccd.meas.psf_flux import psf_flux
+from processccd.meas.psf_flux import psf_flux_many
 from processccd.meas.shape import adaptive_moments, psf_adaptive_sigma
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
 
@@ -26,7 +26,7 @@ class MeasurementConfig:
     """Measurement settings (2013 defaults)."""
 
     replace_with_noise: bool = True  # measure each source with the other footprints replaced by noise
-    noise_seed: int = 1  # seed of the noise generator (2013: GSL mt19937 seeded 1)
+    noise_seed: int = 1  # seed of the noise generator (GSL mt19937 + ziggurat Gaussian, as 2013)
     sinc_radius: float = 7.0  # flux.sinc aperture radius [pixels]
     shape_shiftmax: float = 2.0  # shape.sdss: largest allowed centroid shift of the weighted moments
     gaussian_flux_shiftmax: float = 10.0  # flux.gaussian: the same for its own adaptive moments
@@ -54,8 +54,11 @@ class MeasurementTask:
 
         image = exposure.image.copy()
         variance, psf = exposure.variance, exposure.psf
-        replacer = (NoiseReplacer(image, source_index, ys, xs, seed=self.config.noise_seed, n_footprints=n)
-                    if self.config.replace_with_noise else None)
+        replacer = None
+        if self.config.replace_with_noise:
+            # 2013 drew the noise footprint by footprint in the order of a Python 2 dict keyed by source id
+            replacer = NoiseReplacer(image, source_index, ys, xs, seed=self.config.noise_seed, n_footprints=n,
+                                     draw_order=python27_dict_order(cols["id"]))
         for i in range(n):
             if replacer is not None:
                 replacer.insert(i)
@@ -100,11 +103,12 @@ class MeasurementTask:
 
         gauss = gaussian_flux_from_moments(shape, shiftmax=config.gaussian_flux_shiftmax)
         cols["flux.gaussian"][i], cols["flux.gaussian.err"][i] = gauss.flux, gauss.flux_err
-        cols["flux.gaussian.psffactor"][i] = gaussian_flux_psf_factor(psf, x, y)
+        psf_image = psf.compute_image(x, y)
+        cols["flux.gaussian.psffactor"][i] = gaussian_flux_psf_factor_of_image(psf_image)
 
-        flux, err, psf_factor = psf_flux(image, variance, x, y, psf)
-        cols["flux.psf"][i], cols["flux.psf.err"][i] = flux, err
-        cols["flux.psf.psffactor"][i] = psf_factor
+        flux, err, psf_factor = psf_flux_many(image, variance, np.array([x]), np.array([y]), psf_image)
+        cols["flux.psf"][i], cols["flux.psf.err"][i] = flux[0], err[0]
+        cols["flux.psf.psffactor"][i] = psf_factor[0]
 
         cols["flux.sinc"][i], cols["flux.sinc.err"][i] = sinc_flux(image, variance, x, y, config.sinc_radius)
 
