@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from photutils.aperture import CircularAperture, aperture_photometry
 
-from processccd.lanczos import shift_image
+from processccd.lanczos import lanczos_shift_matrices, shift_image
 from processccd.meas.aperture_flux import (
-    lanczos_shift_matrices,
     shifted_sinc_coefficients,
     sinc_coefficients,
     sinc_flux,

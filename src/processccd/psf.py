@@ -9,7 +9,7 @@ import numpy as np
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.lanczos import shift_image
+from processccd.lanczos import shift_image, shift_images
 from processccd.sdss.psfield import KLComponent, read_psfield
 
 KERNEL_SIZE = 31  # LSST 2013 used 31x31 PSF kernels; the centre is index (15, 15)
@@ -40,6 +40,19 @@ class Psf:
         c = self.size // 2
         k = k / k[c, c]
         return shift_image(k, x - np.floor(x + 0.5), y - np.floor(y + 0.5))
+
+    def kernels(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """`kernel` at N positions, shape (N, size, size)."""
+        return np.stack([self.kernel(float(x), float(y)) for x, y in zip(xs, ys, strict=True)])
+
+    def compute_images(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """`compute_image` at N positions at once, shape (N, size, size)."""
+        xs = np.asarray(xs, dtype=np.float64)
+        ys = np.asarray(ys, dtype=np.float64)
+        k = self.kernels(xs, ys)
+        c = self.size // 2
+        k = k / k[:, c, c][:, None, None]
+        return shift_images(k, xs - np.floor(xs + 0.5), ys - np.floor(ys + 0.5))
 
     def unit_sum_image(self, x: float, y: float) -> np.ndarray:
         """`compute_image(x, y)` divided by its sum."""
@@ -106,6 +119,15 @@ class SdssKLPsf(Psf):
     def kernel(self, x: float, y: float) -> np.ndarray:
         """sum_i a_i(x, y) B_i on the trimmed size x size grid, not normalised."""
         return np.tensordot(self.component_amplitudes(x, y), self.basis, axes=1)
+
+    def kernels(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """`kernel` at N positions with one tensor contraction, shape (N, size, size)."""
+        xs = np.asarray(xs, dtype=np.float64)
+        ys = np.asarray(ys, dtype=np.float64)
+        powers_y = (0.001 * (ys[:, None] + self.sdss_offset)) ** np.arange(self.coeffs.shape[1])
+        powers_x = (0.001 * (xs[:, None] + self.sdss_offset)) ** np.arange(self.coeffs.shape[2])
+        amplitudes = np.einsum("krc,nr,nc->nk", self.coeffs, powers_y, powers_x)
+        return np.tensordot(amplitudes, self.basis, axes=1)
 
     def write_fits(self, path: str | Path) -> None:
         """Persist the model: one table row per KL component (COEFFS, trimmed BASIS image)."""

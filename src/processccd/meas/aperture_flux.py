@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import j1
 
-from processccd.lanczos import shift_image
+from processccd.lanczos import lanczos_shift_matrices, shift_image
 from processccd.meas.psf_flux import gather_stamps, stamp_indices, take_stamps
 
 SINC_SIZE = 31  # coefficient image size; the centre is index (15, 15)
@@ -43,28 +43,22 @@ def shifted_sinc_coefficients(radius: float, x: float, y: float) -> np.ndarray:
     return shift_image(sinc_coefficients(radius), x - np.floor(x + 0.5), y - np.floor(y + 0.5), LANCZOS_ORDER)
 
 
-def lanczos_shift_matrices(fractions: np.ndarray, size: int, order: int = LANCZOS_ORDER) -> np.ndarray:
-    """Matrices M (N, size, size) with (M @ v)[i] = Σ_m w[m]·v[i+m−order] (zero outside), w = Lanczos weights.
+def shifted_sinc_coefficients_many(radius: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """`shifted_sinc_coefficients` for N positions at once, shape (N, 31, 31)."""
+    xs = np.atleast_1d(np.asarray(xs, dtype=np.float64))
+    ys = np.atleast_1d(np.asarray(ys, dtype=np.float64))
+    shift_x = lanczos_shift_matrices(xs - np.floor(xs + 0.5), SINC_SIZE, LANCZOS_ORDER)
+    shift_y = lanczos_shift_matrices(ys - np.floor(ys + 0.5), SINC_SIZE, LANCZOS_ORDER)
+    return np.einsum("nij,jk,nlk->nil", shift_y, sinc_coefficients(radius), shift_x, optimize=True)
 
-    Applying M along an axis equals `processccd.lanczos.shift_image` along that axis; a zero fraction
-    gives the identity (as shift_image, which skips the convolution).
-    """
-    fractions = np.asarray(fractions, dtype=np.float64).reshape(-1)
-    taps = np.arange(-order, order + 1)
-    k = taps[None, :] + fractions[:, None]
-    weights = np.sinc(k) * np.sinc(k / order)  # the formula of processccd.lanczos.lanczos_weights
-    weights[np.abs(k) >= order] = 0.0
-    weights /= weights.sum(axis=1, keepdims=True)
-    weights[fractions == 0.0] = (taps == 0).astype(np.float64)
-    matrices = np.zeros((len(fractions), size, size))
-    rows = np.arange(size)[:, None]
-    cols = rows + taps[None, :]
-    valid = (cols >= 0) & (cols < size)
-    row_idx = np.broadcast_to(rows, cols.shape)[valid]
-    col_idx = cols[valid]
-    tap_idx = np.broadcast_to(np.arange(len(taps))[None, :], cols.shape)[valid]
-    matrices[:, row_idx, col_idx] = weights[:, tap_idx]
-    return matrices
+
+def sinc_flux_of_stamps(data: np.ndarray, var: np.ndarray, coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F = sum c I, E = sqrt(sum c^2 var) per stamp; arrays (N, ...) with zeros outside the image."""
+    n = len(data)
+    data, var, coefficients = data.reshape(n, -1), var.reshape(n, -1), coefficients.reshape(n, -1)
+    flux = np.einsum("ij,ij->i", coefficients, data)
+    err = np.sqrt(np.einsum("ij,ij->i", coefficients * coefficients, var))
+    return flux, err
 
 
 def sinc_flux_many(
@@ -73,18 +67,9 @@ def sinc_flux_many(
     """flux.sinc for N sources: F = Σ c·I, E = sqrt(Σ c²·var) over the stamp ∩ image. Returns (flux, err)."""
     xs = np.atleast_1d(np.asarray(xs, dtype=np.float64))
     ys = np.atleast_1d(np.asarray(ys, dtype=np.float64))
-    coefficients = sinc_coefficients(radius)
-    shift_x = lanczos_shift_matrices(xs - np.floor(xs + 0.5), SINC_SIZE)
-    shift_y = lanczos_shift_matrices(ys - np.floor(ys + 0.5), SINC_SIZE)
-    shifted = np.einsum("nij,jk,nlk->nil", shift_y, coefficients, shift_x, optimize=True)
     flat_index, inside = stamp_indices(image.shape, xs, ys, SINC_SIZE // 2)
-    n = len(xs)
-    data = take_stamps(image, flat_index, inside).reshape(n, -1)
-    var = take_stamps(variance, flat_index, inside).reshape(n, -1)
-    shifted = shifted.reshape(n, -1)
-    flux = np.einsum("ij,ij->i", shifted, data)
-    err = np.sqrt(np.einsum("ij,ij->i", shifted * shifted, var))
-    return flux, err
+    return sinc_flux_of_stamps(take_stamps(image, flat_index, inside), take_stamps(variance, flat_index, inside),
+                               shifted_sinc_coefficients_many(radius, xs, ys))
 
 
 def sinc_flux(

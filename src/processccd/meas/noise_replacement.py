@@ -238,6 +238,14 @@ class NoiseReplacer:
         part = self._slice(i)
         self._image[self._ys[part], self._xs[part]] = self._noise[part]
 
+    def footprint_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(footprint index, ys, xs, original - noise) of every footprint pixel.
+
+        With all footprints noised, adding footprint i's deltas gives the image source i is measured on:
+        linear measurements of all sources can then be made at once.
+        """
+        return self._index, self._ys, self._xs, self._original.astype(np.float64) - self._noise
+
     def end(self) -> None:
         """Restore the original pixels of every footprint."""
         self._image[self._ys, self._xs] = self._original

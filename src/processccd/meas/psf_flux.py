@@ -68,10 +68,18 @@ def psf_flux_many(
         psf_images = psf_images[None]
     half_width = psf_images.shape[-1] // 2
     flat_index, inside = stamp_indices(image.shape, xs, ys, half_width)
-    n = len(xs)
-    data = take_stamps(image, flat_index, inside).reshape(n, -1)
-    var = take_stamps(variance, flat_index, inside).reshape(n, -1)
-    weights = np.where(inside, psf_images, 0.0).reshape(n, -1)
+    return psf_flux_of_stamps(take_stamps(image, flat_index, inside), take_stamps(variance, flat_index, inside),
+                              np.where(inside, psf_images, 0.0))
+
+
+def psf_flux_of_stamps(data: np.ndarray, var: np.ndarray, weights: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """flux.psf of stamps (N, n, n): data, variance and PSF weights, all zero outside the image.
+
+    Returns (flux, err, psf_factor = sum of the weights).
+    """
+    n = len(data)
+    data, var, weights = data.reshape(n, -1), var.reshape(n, -1), weights.reshape(n, -1)
     sum_w = weights.sum(axis=1)
     sum_w2 = np.einsum("ij,ij->i", weights, weights)
     sum_wi = np.einsum("ij,ij->i", weights, data)
@@ -84,7 +92,7 @@ def psf_flux_many(
 
 def psf_images_at(psf: Psf, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Stack of `psf.compute_image(x, y)` for every source, shape (N, n, n)."""
-    return np.stack([psf.compute_image(float(x), float(y)) for x, y in zip(xs, ys, strict=True)])
+    return psf.compute_images(np.atleast_1d(xs), np.atleast_1d(ys))
 
 
 def psf_flux(

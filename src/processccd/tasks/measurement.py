@@ -9,13 +9,14 @@ import numpy as np
 
 from processccd.detection import Footprints
 from processccd.image import Exposure
-from processccd.meas.aperture_flux import sinc_flux
+from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
 from processccd.meas.centroid import gaussian_centroid, sdss_centroid
 from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor_of_image
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
-from processccd.meas.psf_flux import psf_flux_many
+from processccd.meas.psf_flux import nearest_pixel, psf_flux_of_stamps, stamp_indices, take_stamps
 from processccd.meas.shape import adaptive_moments, psf_adaptive_sigma
+from processccd.psf import Psf
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
 
 SEQUENCE_BITS = 26  # source id = exposure id << 26 | sequence number
@@ -59,14 +60,17 @@ class MeasurementTask:
             # 2013 drew the noise footprint by footprint in the order of a Python 2 dict keyed by source id
             replacer = NoiseReplacer(image, source_index, ys, xs, seed=self.config.noise_seed, n_footprints=n,
                                      draw_order=python27_dict_order(cols["id"]))
+        psf_sigmas = [psf_adaptive_sigma(k) for k in psf.kernels(footprints.peak_x, footprints.peak_y)]
         for i in range(n):
             if replacer is not None:
                 replacer.insert(i)
-            self._measure_one(cols, i, image, variance, psf, int(footprints.peak_x[i]), int(footprints.peak_y[i]))
+            self._measure_one(cols, i, image, variance, psf, int(footprints.peak_x[i]), int(footprints.peak_y[i]),
+                              psf_sigmas[i])
             if replacer is not None:
                 replacer.remove(i)
 
         x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
+        self._linear_fluxes(cols, image, variance, psf, replacer)
         flags = pixel_flags_many(exposure.mask, source_index, ys, xs, x, y)
         for name, values in flags.items():
             cols[f"flags.pixel.{name.replace('_', '.')}"] = values
@@ -76,10 +80,9 @@ class MeasurementTask:
         return cols
 
     def _measure_one(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray,
-                     psf, peak_x: int, peak_y: int) -> None:
-        """All per-source algorithms, in the 2013 priority order, at the centroid."""
+                     psf: Psf, peak_x: int, peak_y: int, psf_sigma: float) -> None:
+        """The iterative per-source algorithms, in the 2013 priority order, at the centroid."""
         config = self.config
-        psf_sigma = psf_adaptive_sigma(psf.kernel(peak_x, peak_y))
         centroid = sdss_centroid(image, variance, peak_x, peak_y, psf, psf_sigma)
         if centroid.flag:
             x, y = float(peak_x), float(peak_y)
@@ -103,14 +106,32 @@ class MeasurementTask:
 
         gauss = gaussian_flux_from_moments(shape, shiftmax=config.gaussian_flux_shiftmax)
         cols["flux.gaussian"][i], cols["flux.gaussian.err"][i] = gauss.flux, gauss.flux_err
-        psf_image = psf.compute_image(x, y)
-        cols["flux.gaussian.psffactor"][i] = gaussian_flux_psf_factor_of_image(psf_image)
 
-        flux, err, psf_factor = psf_flux_many(image, variance, np.array([x]), np.array([y]), psf_image)
-        cols["flux.psf"][i], cols["flux.psf.err"][i] = flux[0], err[0]
-        cols["flux.psf.psffactor"][i] = psf_factor[0]
+    def _linear_fluxes(self, cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray, psf: Psf,
+                       replacer: NoiseReplacer | None) -> None:
+        """flux.psf, flux.sinc and the PSF factors of all sources at once, at their centroids.
 
-        cols["flux.sinc"][i], cols["flux.sinc.err"][i] = sinc_flux(image, variance, x, y, config.sinc_radius)
+        These are linear in the image: each source's stamp is cut from the image with every footprint
+        noised, and its own footprint's (original - noise) added back, which is exactly the image the
+        per-source loop measured on.
+        """
+        x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
+        half = SINC_SIZE // 2
+        flat_index, inside = stamp_indices(image.shape, x, y, half)
+        data = take_stamps(image, flat_index, inside)
+        var = take_stamps(variance, flat_index, inside)
+        if replacer is not None:
+            source, ys, xs, delta = replacer.footprint_deltas()
+            dy = ys - nearest_pixel(y)[source] + half
+            dx = xs - nearest_pixel(x)[source] + half
+            own = (dx >= 0) & (dx < data.shape[2]) & (dy >= 0) & (dy < data.shape[1])
+            np.add.at(data, (source[own], dy[own], dx[own]), delta[own])
+        psf_images = psf.compute_images(x, y)
+        flux, err, psf_factor = psf_flux_of_stamps(data, var, np.where(inside, psf_images, 0.0))
+        cols["flux.psf"], cols["flux.psf.err"], cols["flux.psf.psffactor"] = flux, err, psf_factor
+        coefficients = shifted_sinc_coefficients_many(self.config.sinc_radius, x, y)
+        cols["flux.sinc"], cols["flux.sinc.err"] = sinc_flux_of_stamps(data, var, coefficients)
+        cols["flux.gaussian.psffactor"] = np.array([gaussian_flux_psf_factor_of_image(p) for p in psf_images])
 
     @staticmethod
     def _apply_psf_factors(cols: dict[str, np.ndarray]) -> None:
