@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from processccd.meas.shape import AdaptiveMomentsResult, adaptive_moments
+from processccd.meas.shape import AdaptiveMomentsResult, BatchMomentsResult, adaptive_moments, adaptive_moments_batch
 from processccd.psf import Psf
 
 GAUSSIAN_FLUX_SHIFTMAX = 10.0
@@ -73,3 +73,22 @@ def gaussian_flux_psf_factor_of_image(psf_image: np.ndarray) -> float:
     height, width = stamp.shape
     result = gaussian_flux(stamp, np.ones_like(stamp), (width - 1) / 2.0, (height - 1) / 2.0)
     return result.flux
+
+
+def _flux_scale_batch(moments: BatchMomentsResult) -> np.ndarray:
+    """`_flux_scale` per stamp, NaN also where the moments are unweighted-bad."""
+    trace = moments.ixx + moments.iyy
+    split = np.hypot(moments.ixx - moments.iyy, 2.0 * moments.ixy)
+    major, minor = 0.5 * (trace + split), 0.5 * (trace - split)
+    usable = (minor > 0.0) & ~moments.unweighted_bad
+    return np.where(usable, 2.0 * math.pi * np.sqrt(np.where(usable, major * minor, 1.0)), math.nan)
+
+
+def gaussian_flux_psf_factor_batch(psf_images: np.ndarray) -> np.ndarray:
+    """`gaussian_flux_psf_factor_of_image` of N `Psf.compute_image` stamps (N, H, W) at once, (N,)."""
+    psf_images = np.asarray(psf_images, dtype=np.float64)
+    padding = PSF_FACTOR_PADDING
+    stamps = np.pad(psf_images, ((0, 0), (padding, padding), (padding, padding)))
+    height, width = stamps.shape[1:]
+    moments = adaptive_moments_batch(stamps, (width - 1) / 2.0, (height - 1) / 2.0, shiftmax=GAUSSIAN_FLUX_SHIFTMAX)
+    return _flux_scale_batch(moments) * moments.i0

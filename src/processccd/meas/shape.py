@@ -315,3 +315,219 @@ def psf_adaptive_sigma(psf_image: np.ndarray) -> float:
     height, width = psf_image.shape
     result = adaptive_moments(psf_image, np.ones_like(psf_image), (width - 1) / 2.0, (height - 1) / 2.0)
     return result.determinant_radius
+
+
+@dataclass(frozen=True)
+class BatchMomentsResult:
+    """Outcome of `adaptive_moments_batch`: one entry per stamp, as the fields of `AdaptiveMomentsResult`.
+
+    `covariance` is (N, 4, 4); `fallback` holds the indices of the stamps that took a rare branch
+    (sub-sampling, a singular or out-of-range matrix, non-positive sums, the iteration limit) and were
+    therefore measured with the scalar `adaptive_moments`.
+    """
+
+    ixx: np.ndarray
+    ixy: np.ndarray
+    iyy: np.ndarray
+    err_ixx: np.ndarray
+    err_ixy: np.ndarray
+    err_iyy: np.ndarray
+    i0: np.ndarray
+    sum_flux: np.ndarray
+    covariance: np.ndarray = field(repr=False)
+    unweighted_bad: np.ndarray = field(repr=False)
+    unweighted: np.ndarray = field(repr=False)
+    shift: np.ndarray = field(repr=False)
+    maxiter: np.ndarray = field(repr=False)
+    max_shift: np.ndarray = field(repr=False)
+    fallback: np.ndarray = field(repr=False)
+
+    @property
+    def flag(self) -> np.ndarray:
+        """shape.sdss.flags of every stamp."""
+        return self.unweighted_bad | self.unweighted | self.shift | self.maxiter
+
+    @property
+    def determinant_radius(self) -> np.ndarray:
+        """(Ixx Iyy - Ixy^2)^(1/4) per stamp, NaN where the moments are not positive definite."""
+        det = self.ixx * self.iyy - self.ixy * self.ixy
+        with np.errstate(invalid="ignore"):
+            return np.where(det > 0, np.sqrt(np.sqrt(np.where(det > 0, det, 1.0))), math.nan)
+
+
+def _moment_boxes(
+    shape: tuple[int, int], xc: float, yc: float, wxx: np.ndarray, wyy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_moment_box` for arrays of (Wxx, Wyy): inclusive limits x0, x1, y0, y1 (int arrays)."""
+    height, width = shape
+    rad = np.minimum(BOX_SIGMAS * np.sqrt(np.maximum(wxx, wyy)), MAX_BOX_RADIUS) + 0.5
+    x0 = np.maximum(np.trunc(xc - rad), 0).astype(np.int64)
+    y0 = np.maximum(np.trunc(yc - rad), 0).astype(np.int64)
+    x1 = np.minimum(np.trunc(xc + rad), width - 1).astype(np.int64)
+    y1 = np.minimum(np.trunc(yc + rad), height - 1).astype(np.int64)
+    return x0, x1, y0, y1
+
+
+def _batch_inverse(
+    a11: np.ndarray, a12: np.ndarray, a22: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_inverse_2x2` per element: (ok, det, inverse 11, 12, 22); values are junk where not ok."""
+    det = a11 * a22 - a12 * a12
+    ok = np.isfinite(det) & (det >= MIN_DETERMINANT)
+    safe = np.where(ok, det, 1.0)
+    return ok, det, a22 / safe, -a12 / safe, a11 / safe
+
+
+def _batch_weighted_sums(
+    stamps: np.ndarray, selected: np.ndarray, xc: float, yc: float, wxx: np.ndarray, wyy: np.ndarray,
+    w11: np.ndarray, w12: np.ndarray, w22: np.ndarray,
+) -> np.ndarray:
+    """(n, 6) sums S, Sx, Sy, Sxx, Sxy, Syy of the `selected` stamps, each over its own moment box.
+
+    Only the union of the boxes is evaluated; each stamp's box enters as a row/column mask."""
+    x0, x1, y0, y1 = _moment_boxes(stamps.shape[1:], xc, yc, wxx, wyy)
+    ux0, ux1, uy0, uy1 = int(x0.min()), int(x1.max()), int(y0.min()), int(y1.max())
+    columns = np.arange(ux0, ux1 + 1)
+    rows = np.arange(uy0, uy1 + 1)
+    dx = columns - xc
+    dy = rows - yc
+    dxdy = np.multiply.outer(dy, dx)
+    exponent = (2.0 * w12)[:, None, None] * dxdy[None]
+    exponent += w11[:, None, None] * (dx * dx)[None, None, :]
+    exponent += w22[:, None, None] * (dy * dy)[None, :, None]
+    inside = ((columns >= x0[:, None]) & (columns <= x1[:, None]))[:, None, :]
+    inside = inside & ((rows >= y0[:, None]) & (rows <= y1[:, None]))[:, :, None]
+    inside &= exponent <= MAX_EXPONENT
+    weight = np.exp(-0.5 * exponent)
+    weight *= stamps[selected, uy0 : uy1 + 1, ux0 : ux1 + 1]
+    weight[~inside] = 0.0
+    products = np.empty((rows.size, columns.size, 6))
+    products[..., 0] = 1.0
+    products[..., 1] = dx[None, :]
+    products[..., 2] = dy[:, None]
+    products[..., 3] = (dx * dx)[None, :]
+    products[..., 4] = dxdy
+    products[..., 5] = (dy * dy)[:, None]
+    return weight.reshape(len(weight), -1) @ products.reshape(-1, 6)
+
+
+def _batch_fisher_covariance(
+    i0: np.ndarray, wxx: np.ndarray, wxy: np.ndarray, wyy: np.ndarray, pixel_variance: float
+) -> np.ndarray:
+    """`_fisher_covariance` for N stamps at once, (N, 4, 4)."""
+    det = wxx * wyy - wxy * wxy
+    f = math.pi * np.sqrt(det) / pixel_variance
+    g = 3.0 * f * i0 * i0 / (16.0 * det * det)
+    f01 = f * i0 * wyy / (4.0 * det)
+    f02 = f * i0 * wxx / (4.0 * det)
+    f03 = -f * i0 * wxy / (2.0 * det)
+    f33 = 4.0 * g * (wxy * wxy + det / 3.0)
+    f12 = f33 / 4.0
+    f13 = -2.0 * g * wyy * wxy
+    f23 = -2.0 * g * wxx * wxy
+    fisher = np.stack(
+        [
+            np.stack([f, f01, f02, f03], axis=-1),
+            np.stack([f01, g * wyy * wyy, f12, f13], axis=-1),
+            np.stack([f02, f12, g * wxx * wxx, f23], axis=-1),
+            np.stack([f03, f13, f23, f33], axis=-1),
+        ],
+        axis=-2,
+    )
+    return np.linalg.inv(fisher)
+
+
+def adaptive_moments_batch(
+    stamps: np.ndarray,
+    xc: float,
+    yc: float,
+    pixel_variance: float = 1.0,
+    shiftmax: float = 2.0,
+    max_iter: int = 100,
+    tol1: float = 1e-5,
+    tol2: float = 1e-4,
+) -> BatchMomentsResult:
+    """`adaptive_moments` of N same-shape stamps (N, H, W) about one fixed centre (xc, yc), with a
+    constant variance image `pixel_variance`.
+
+    The common path (no sub-sampling, every matrix regular, convergence within `max_iter`) runs for all
+    stamps at once, each stamp stopping when it converges; a stamp that would leave it is measured again
+    with the scalar `adaptive_moments` and listed in `fallback`.
+    """
+    stamps = np.asarray(stamps, dtype=np.float64)
+    if stamps.ndim != 3:
+        raise ValueError(f"stamps must be (N, H, W), got shape {stamps.shape}")
+    count = len(stamps)
+    wxx, wxy, wyy = np.full(count, START_MOMENT), np.zeros(count), np.full(count, START_MOMENT)
+    e1_old, e2_old, mxx_old = np.full(count, 1e6), np.full(count, 1e6), np.full(count, 1e6)
+    i0, sum_flux, max_shift = np.zeros(count), np.zeros(count), np.zeros(count)
+    converged = np.zeros(count, dtype=bool)
+    active = np.arange(count)
+    for _ in range(max_iter):
+        if active.size == 0:
+            break
+        a_wxx, a_wxy, a_wyy = wxx[active], wxy[active], wyy[active]
+        ok, det_w, w11, w12, w22 = _batch_inverse(a_wxx, a_wxy, a_wyy)
+        ok &= (w11 >= 0.0) & (w11 <= MAX_INVERSE_WEIGHT) & (w22 >= 0.0) & (w22 <= MAX_INVERSE_WEIGHT)
+        ok &= np.abs(w12) <= MAX_INVERSE_WEIGHT
+        ok &= ~((a_wxx < SUBSAMPLE_LIMIT) | (a_wyy < SUBSAMPLE_LIMIT) | (det_w < SUBSAMPLE_LIMIT**2))
+        active, a_wxx, a_wxy, a_wyy = active[ok], a_wxx[ok], a_wxy[ok], a_wyy[ok]
+        det_w, w11, w12, w22 = det_w[ok], w11[ok], w12[ok], w22[ok]
+        if active.size == 0:
+            break
+        s, sx, sy, sxx, sxy, syy = _batch_weighted_sums(stamps, active, xc, yc, a_wxx, a_wyy, w11, w12, w22).T
+        ok = (s > 0.0) & (sxx > 0.0) & (syy > 0.0)
+        active, det_w, w11, w12, w22 = active[ok], det_w[ok], w11[ok], w12[ok], w22[ok]
+        s, sx, sy, sxx, sxy, syy = s[ok], sx[ok], sy[ok], sxx[ok], sxy[ok], syy[ok]
+        i0[active] = s / (math.pi * np.sqrt(det_w))
+        sum_flux[active] = s
+        max_shift[active] = np.maximum(max_shift[active], np.maximum(np.abs(sx / s), np.abs(sy / s)))
+        mxx, mxy, myy = sxx / s, sxy / s, syy / s
+        e1 = (mxx - myy) / (mxx + myy)
+        e2 = 2.0 * mxy / (mxx + myy)
+        done = (
+            (np.abs(e1 - e1_old[active]) < tol1)
+            & (np.abs(e2 - e2_old[active]) < tol1)
+            & (np.abs(mxx / mxx_old[active] - 1.0) < tol2)
+        )
+        converged[active[done]] = True
+        going = ~done
+        active, w11, w12, w22 = active[going], w11[going], w12[going], w22[going]
+        e1_old[active], e2_old[active], mxx_old[active] = e1[going], e2[going], mxx[going]
+        ok, _, m11, m12, m22 = _batch_inverse(mxx[going], mxy[going], myy[going])
+        update_ok, _, new_wxx, new_wxy, new_wyy = _batch_inverse(m11 - w11, m12 - w12, m22 - w22)
+        ok &= update_ok & (new_wxx > 0.0) & (new_wyy > 0.0)
+        active = active[ok]
+        wxx[active], wxy[active], wyy[active] = new_wxx[ok], new_wxy[ok], new_wyy[ok]
+
+    fallback = np.flatnonzero(~converged)
+    covariance = np.full((count, 4, 4), math.nan)
+    height, width = stamps.shape[1:]
+    ix, iy = math.floor(xc + 0.5), math.floor(yc + 0.5)
+    if converged.any() and 0 <= ix < width and 0 <= iy < height and pixel_variance > 0:
+        covariance[converged] = _batch_fisher_covariance(
+            i0[converged], wxx[converged], wxy[converged], wyy[converged], pixel_variance
+        )
+    ixx, ixy, iyy = wxx.copy(), wxy.copy(), wyy.copy()
+    flags = {name: np.zeros(count, dtype=bool) for name in ("unweighted_bad", "unweighted", "shift", "maxiter")}
+    flags["shift"][converged] = max_shift[converged] > shiftmax
+    for index in fallback:
+        scalar = adaptive_moments(
+            stamps[index], np.full((height, width), pixel_variance), xc, yc, shiftmax, max_iter, tol1, tol2
+        )
+        ixx[index], ixy[index], iyy[index] = scalar.ixx, scalar.ixy, scalar.iyy
+        i0[index], sum_flux[index], max_shift[index] = scalar.i0, scalar.sum_flux, scalar.max_shift
+        covariance[index] = scalar.covariance
+        for name, values in flags.items():
+            values[index] = getattr(scalar, name)
+    return BatchMomentsResult(
+        ixx, ixy, iyy, covariance[:, 1, 1], covariance[:, 3, 3], covariance[:, 2, 2], i0, sum_flux, covariance,
+        max_shift=max_shift, fallback=fallback, **flags,
+    )
+
+
+def psf_adaptive_sigma_batch(psf_images: np.ndarray) -> np.ndarray:
+    """`psf_adaptive_sigma` of N same-shape PSF images (N, H, W) at once, (N,)."""
+    psf_images = np.asarray(psf_images, dtype=np.float64)
+    height, width = psf_images.shape[1:]
+    return adaptive_moments_batch(psf_images, (width - 1) / 2.0, (height - 1) / 2.0).determinant_radius

@@ -11,11 +11,11 @@ from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
 from processccd.meas.centroid import gaussian_centroid, sdss_centroid
-from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor_of_image
+from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor_batch
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
 from processccd.meas.psf_flux import nearest_pixel, psf_flux_of_stamps, stamp_indices, take_stamps
-from processccd.meas.shape import adaptive_moments, psf_adaptive_sigma
+from processccd.meas.shape import adaptive_moments, psf_adaptive_sigma_batch
 from processccd.psf import Psf
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
 
@@ -60,12 +60,12 @@ class MeasurementTask:
             # 2013 drew the noise footprint by footprint in the order of a Python 2 dict keyed by source id
             replacer = NoiseReplacer(image, source_index, ys, xs, seed=self.config.noise_seed, n_footprints=n,
                                      draw_order=python27_dict_order(cols["id"]))
-        psf_sigmas = [psf_adaptive_sigma(k) for k in psf.kernels(footprints.peak_x, footprints.peak_y)]
+        psf_sigmas = psf_adaptive_sigma_batch(psf.kernels(footprints.peak_x, footprints.peak_y))
         for i in range(n):
             if replacer is not None:
                 replacer.insert(i)
             self._measure_one(cols, i, image, variance, psf, int(footprints.peak_x[i]), int(footprints.peak_y[i]),
-                              psf_sigmas[i])
+                              float(psf_sigmas[i]))
             if replacer is not None:
                 replacer.remove(i)
 
@@ -131,7 +131,7 @@ class MeasurementTask:
         cols["flux.psf"], cols["flux.psf.err"], cols["flux.psf.psffactor"] = flux, err, psf_factor
         coefficients = shifted_sinc_coefficients_many(self.config.sinc_radius, x, y)
         cols["flux.sinc"], cols["flux.sinc.err"] = sinc_flux_of_stamps(data, var, coefficients)
-        cols["flux.gaussian.psffactor"] = np.array([gaussian_flux_psf_factor_of_image(p) for p in psf_images])
+        cols["flux.gaussian.psffactor"] = gaussian_flux_psf_factor_batch(psf_images)
 
     @staticmethod
     def _apply_psf_factors(cols: dict[str, np.ndarray]) -> None:
