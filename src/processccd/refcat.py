@@ -45,6 +45,11 @@ class ReferenceCatalog:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @classmethod
+    def empty(cls) -> ReferenceCatalog:
+        none = np.zeros(0)
+        return cls(np.zeros(0, dtype=np.int64), none, none, none, none, np.zeros(0, dtype=bool))
+
     def subset(self, index: np.ndarray) -> ReferenceCatalog:
         """The objects at `index` (integer or boolean array)."""
         return ReferenceCatalog(self.ids[index], self.ra[index], self.dec[index], self.mag[index],

@@ -17,7 +17,11 @@ from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
 from processccd.image import Exposure, mask_bit
 from processccd.meas.shape import psf_adaptive_sigma
+from processccd.refcat import resolve_catalog_path
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, write_source_table
+from processccd.tasks.apcorr import ApertureCorrection, apply_aperture_correction
+from processccd.tasks.astrometry import write_match_table
+from processccd.tasks.calibrate import CalibrateConfig, CalibrateResult, CalibrateTask
 from processccd.tasks.make_exposure import MakeExposureConfig, make_exposure
 from processccd.tasks.measurement import MeasurementConfig, MeasurementTask
 
@@ -37,6 +41,7 @@ class ProcessCcdConfig:
         default_factory=lambda: DetectionConfig(include_multiplier=10.0))
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     measurement: MeasurementConfig = field(default_factory=MeasurementConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)  # matching, apCorr, zero point
     psf_sigma_position: tuple[float, float] = (1024.0, 680.0)  # where detection evaluates the PSF width
 
 
@@ -51,6 +56,13 @@ class StageResult:
     @property
     def n_sources(self) -> int:
         return len(self.footprints)
+
+
+@dataclass
+class CalibrationStageResult(StageResult):
+    """The calibration stage also matched, selected stars, fitted the aperture correction and zero point."""
+
+    calibration: CalibrateResult
 
 
 @dataclass
@@ -78,22 +90,27 @@ class ProcessCcdTask:
         log.info("Processing %s", data_id.as_dict())
         exposure = make_exposure(self.butler, data_id, self.config.exposure)
         calib = self.calibrate_stage(exposure)
-        final = self.final_stage(exposure, first_sequence=calib.n_sources + 1)
+        calibration = calib.calibration
+        final = self.final_stage(exposure, first_sequence=calib.n_sources + 1, ap_corr=calibration.ap_corr)
         background = calib.background + final.background
-        self._write(data_id, exposure, background.astype(np.float32), calib.columns, final.columns)
+        self._write(data_id, exposure, background.astype(np.float32), calib.columns, final.columns, calibration)
         seconds = time.perf_counter() - start
         log.info("Finished %s in %.2f s: %d icSrc, %d src", data_id.label(), seconds, calib.n_sources,
                  final.n_sources)
-        return ProcessCcdResult(data_id, calib.n_sources, final.n_sources, seconds)
+        zero_point = calibration.zero_point
+        return ProcessCcdResult(data_id, calib.n_sources, final.n_sources, seconds, n_matches=calibration.n_matches,
+                                zero_point=None if zero_point is None else zero_point.zero_point,
+                                ap_corr_central=calibration.ap_corr_central)
 
     def psf_sigma(self, exposure: Exposure) -> float:
         """Adaptive-moment width of the PSF where detection evaluates it (2013: the frame centre)."""
         return psf_adaptive_sigma(exposure.psf.compute_image(*self.config.psf_sigma_position))
 
-    def calibrate_stage(self, exposure: Exposure) -> StageResult:
-        """Background 1 -> E1, bright detection (x10) + background 2 -> E2, icSrc measurement.
+    def calibrate_stage(self, exposure: Exposure) -> CalibrationStageResult:
+        """Background 1 -> E1, bright detection (x10) + background 2 -> E2, icSrc measurement, calibration.
 
-        The exposure's image becomes E2 in place.
+        The exposure's image becomes E2 in place; its zero point becomes the photocal one; the icSrc fluxes
+        are aperture corrected.
         """
         config = self.config
         ignored = sum(mask_bit(p) for p in BACKGROUND_IGNORED_PLANES)
@@ -103,14 +120,21 @@ class ProcessCcdTask:
                                  "processCcd.calibrate.detection")
         columns = MeasurementTask(config.measurement).run(exposure, detection.footprints, first_sequence=1,
                                                           logger_name="processCcd.calibrate.measurement")
-        return StageResult(columns=columns, footprints=detection.footprints,
-                           background=background.image.astype(np.float64) + detection.background)
+        catalog_path = resolve_catalog_path(config.calibrate.reference_catalog.path, self.butler.input_root)
+        calibration = CalibrateTask(config.calibrate, catalog_path).run(exposure, columns)
+        log.debug("calibration (matching, apCorr, photocal) took %.3f s", calibration.seconds)
+        return CalibrationStageResult(columns=columns, footprints=detection.footprints,
+                                      background=background.image.astype(np.float64) + detection.background,
+                                      calibration=calibration)
 
-    def final_stage(self, exposure: Exposure, first_sequence: int) -> StageResult:
-        """Final detection + background 3 -> E3 (in place), src measurement."""
+    def final_stage(self, exposure: Exposure, first_sequence: int, ap_corr: ApertureCorrection | None = None
+                    ) -> StageResult:
+        """Final detection + background 3 -> E3 (in place), src measurement, aperture correction (if given)."""
         detection = self._detect(exposure, self.psf_sigma(exposure), self.config.detection, "processCcd.detection")
         columns = MeasurementTask(self.config.measurement).run(exposure, detection.footprints, first_sequence,
                                                                logger_name="processCcd.measurement")
+        if ap_corr is not None:
+            apply_aperture_correction(columns, ap_corr)
         return StageResult(columns=columns, footprints=detection.footprints,
                            background=detection.background.astype(np.float64))
 
@@ -129,7 +153,8 @@ class ProcessCcdTask:
         return {"processccd": __version__, **inputs}
 
     def _write(self, data_id: DataId, exposure: Exposure, background: np.ndarray,
-               ic_columns: dict[str, np.ndarray], src_columns: dict[str, np.ndarray]) -> None:
+               ic_columns: dict[str, np.ndarray], src_columns: dict[str, np.ndarray],
+               calibration: CalibrateResult) -> None:
         provenance = self._provenance(data_id)
         put = self.butler.put
         put("calexp", data_id, lambda p: exposure.write_fits(p, provenance))
@@ -139,6 +164,9 @@ class ProcessCcdTask:
         schema = SOURCE_SCHEMA + EXTRA_SCHEMA
         put("icSrc", data_id, lambda p: write_source_table(p, ic_columns, schema, header))
         put("src", data_id, lambda p: write_source_table(p, src_columns, schema, header))
+        put("icMatch", data_id,
+            lambda p: write_match_table(p, calibration.matches, ic_columns["id"], exposure.filter))
+        put("apCorr", data_id, lambda p: calibration.ap_corr.write_yaml(p))
 
 
 def _write_image(path: Path, data: np.ndarray, exposure: Exposure, name: str) -> None:

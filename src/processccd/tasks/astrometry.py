@@ -1,0 +1,148 @@
+"""Astrometric matching with the known WCS (measurement-spec.md §2.1 "Astrometric matching").
+
+No astrometric fit is made (2013: `forceKnownWcs=True`, `calculateSip=False`): each reference object in the
+frame takes its closest source within `match_radius_arcsec`, duplicates keep the closer pair, and the matches
+go through one 3σ cleaning pass on the x offsets (2013 sip/cleanBadPoints).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from processccd.refcat import ReferenceCatalog
+
+log = logging.getLogger("processCcd.calibrate.astrometry")
+
+ARCSEC_PER_RAD = 180.0 / np.pi * 3600.0
+
+
+@dataclass
+class AstrometryConfig:
+    """Matching of calibration-stage sources to the reference catalogue (2013 defaults)."""
+
+    match_radius_arcsec: float = 1.0  # catalogMatchDist
+    clean_sigma: float = 3.0  # cleaningParameter: matches whose x offset is off the trend by >= this many σ go
+    clean_order: int = 3  # order of the polynomial fitted to the x offsets against x
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Source–reference pairs; arrays aligned, one entry per match, in reference order."""
+
+    source_index: np.ndarray  # int64 index into the source columns
+    reference: ReferenceCatalog  # the matched reference objects
+    reference_x: np.ndarray  # reference pixel position through the WCS
+    reference_y: np.ndarray
+    distance_arcsec: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.source_index)
+
+    def subset(self, index: np.ndarray) -> Matches:
+        return Matches(self.source_index[index], self.reference.subset(index), self.reference_x[index],
+                       self.reference_y[index], self.distance_arcsec[index])
+
+
+def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """(N, 3) unit vectors of sky positions in degrees."""
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    return np.column_stack((np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)))
+
+
+def closest_pairs(ref_ra: np.ndarray, ref_dec: np.ndarray, src_ra: np.ndarray, src_dec: np.ndarray,
+                  radius_arcsec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each reference's closest source within the radius; a source claimed twice stays with the closer reference.
+
+    Sources with non-finite positions never match. Returns (reference index, source index, distance ″),
+    sorted by reference index.
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    usable = np.flatnonzero(np.isfinite(src_ra) & np.isfinite(src_dec))
+    if len(ref_ra) == 0 or len(usable) == 0:
+        return empty, empty, np.zeros(0)
+    chord = np.linalg.norm(unit_vectors(ref_ra, ref_dec)[:, None, :]
+                           - unit_vectors(src_ra[usable], src_dec[usable])[None, :, :], axis=2)
+    distance = 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0)) * ARCSEC_PER_RAD  # (n_ref, n_src)
+    nearest = np.argmin(distance, axis=1)
+    nearest_distance = distance[np.arange(len(ref_ra)), nearest]
+    ref_index = np.flatnonzero(nearest_distance <= radius_arcsec)
+    src_index = nearest[ref_index]
+    dist = nearest_distance[ref_index]
+    order = np.lexsort((ref_index, dist))  # closest first; ties: lower reference index first
+    _, first = np.unique(src_index[order], return_index=True)
+    keep = np.sort(order[first])
+    return ref_index[keep], usable[src_index[keep]], dist[keep]
+
+
+def clean_offsets(x: np.ndarray, dx: np.ndarray, order: int = 3, nsigma: float = 3.0) -> np.ndarray:
+    """Boolean mask of the points that follow the trend of `dx` against `x` (2013 cleanBadPoints, one pass).
+
+    The points, sorted by x, are cut into order+1 consecutive groups (boundaries floor(k·n/(order+1)));
+    a polynomial of `order` goes exactly through the groups' (mean x, median dx); points whose residual
+    from it is >= nsigma × the residuals' standard deviation are rejected. With n <= order + 1 points, or
+    residuals all equal, everything is kept.
+    """
+    n = len(x)
+    keep = np.ones(n, dtype=bool)
+    n_groups = order + 1
+    if n <= n_groups:
+        return keep
+    sorted_index = np.argsort(x, kind="stable")
+    bounds = (np.arange(n_groups + 1) * n) // n_groups
+    group_x = np.array([x[sorted_index[a:b]].mean() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    group_dx = np.array([np.median(dx[sorted_index[a:b]]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    scale = max(float(np.ptp(group_x)), 1.0)  # fit in scaled x: a cubic in raw pixels is badly conditioned
+    design = np.vander(group_x / scale, order + 1)
+    coefficients = np.linalg.lstsq(design, group_dx, rcond=None)[0]
+    residual = dx - np.vander(x / scale, order + 1) @ coefficients
+    sigma = float(np.std(residual))
+    if sigma == 0.0:
+        return keep
+    return np.abs(residual) < nsigma * sigma
+
+
+class AstrometryTask:
+    """Matches sources (sky positions from the known WCS) to the reference objects in the frame."""
+
+    def __init__(self, config: AstrometryConfig | None = None) -> None:
+        self.config = config or AstrometryConfig()
+
+    def run(self, reference: ReferenceCatalog, reference_x: np.ndarray, reference_y: np.ndarray,
+            src_ra: np.ndarray, src_dec: np.ndarray, src_x: np.ndarray) -> Matches:
+        """Match; `reference_x/y` are the references' pixel positions, `src_*` the sources' slot centroids."""
+        config = self.config
+        ref_index, src_index, distance = closest_pairs(reference.ra, reference.dec, src_ra, src_dec,
+                                                       config.match_radius_arcsec)
+        matches = Matches(src_index, reference.subset(ref_index), reference_x[ref_index],
+                          reference_y[ref_index], distance)
+        keep = clean_offsets(matches.reference_x, src_x[src_index] - matches.reference_x, config.clean_order,
+                             config.clean_sigma)
+        if not keep.all():
+            log.debug("cleaning removed %d of %d matches", int((~keep).sum()), len(matches))
+            matches = matches.subset(keep)
+        log.info("Matched %d sources", len(matches))
+        return matches
+
+
+def write_match_table(path: Path, matches: Matches, source_ids: np.ndarray, filter_name: str) -> None:
+    """icMatch: one row per match (source id, reference id/position/magnitude, distance), with units."""
+    table = Table()
+    table["source.id"] = np.asarray(source_ids, dtype=np.int64)[matches.source_index]
+    table["ref.id"] = matches.reference.ids
+    table["ref.ra"] = matches.reference.ra
+    table["ref.ra"].unit = "deg"
+    table["ref.dec"] = matches.reference.dec
+    table["ref.dec"].unit = "deg"
+    table["ref.mag"] = matches.reference.mag
+    table["ref.mag"].unit = "mag"
+    table["ref.mag.err"] = matches.reference.mag_err
+    table["ref.mag.err"].unit = "mag"
+    table["distance"] = matches.distance_arcsec
+    table["distance"].unit = "arcsec"
+    table.meta["FILTER"] = filter_name
+    table.write(path, format="fits", overwrite=True)

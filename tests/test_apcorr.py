@@ -1,0 +1,148 @@
+"""Aperture correction: the weighted quadratic fit, its error model, the task on synthetic stars, application."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.wcs import WCS
+
+from processccd.dataid import DataId
+from processccd.image import Exposure, PhotoCalib
+from processccd.psf import GaussianPsf
+from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
+from processccd.tasks.apcorr import (
+    ApCorrStars,
+    ApCorrTask,
+    ApertureCorrection,
+    apply_aperture_correction,
+    fit_aperture_correction,
+    polynomial_terms,
+)
+
+TRUE = np.array([0.99, 2e-6, -3e-6, 4e-9, -1e-9, 2e-9])  # 1, y, x, y², xy, x²
+
+
+def _positions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    return rng.uniform(20, 2028, n), rng.uniform(20, 1340, n)
+
+
+def test_terms_order_is_1_y_x_y2_xy_x2() -> None:
+    terms = polynomial_terms(np.array([2.0]), np.array([3.0]), 2)
+    np.testing.assert_array_equal(terms, [[1, 3, 2, 9, 6, 4]])
+
+
+def test_noiseless_quadratic_is_recovered() -> None:
+    rng = np.random.default_rng(1)
+    x, y = _positions(15, rng)
+    ratio = polynomial_terms(x, y, 2) @ TRUE
+    order, coefficients, error = fit_aperture_correction(x, y, ratio, rng.uniform(0.005, 0.05, 15), 2)
+    assert order == 2
+    np.testing.assert_allclose(polynomial_terms(x, y, 2) @ coefficients, ratio, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(coefficients, TRUE, rtol=1e-6, atol=1e-15)
+    assert error < 1e-12
+
+
+def test_weights_are_inverse_sigma_to_the_fourth_and_error_uses_sigma_to_the_eighth() -> None:
+    rng = np.random.default_rng(2)
+    x, y = _positions(40, rng)
+    sigma = rng.uniform(0.002, 0.05, 40)
+    ratio = polynomial_terms(x, y, 2) @ TRUE + rng.normal(0, sigma)
+    _, coefficients, error = fit_aperture_correction(x, y, ratio, sigma, 2)
+    # normal equations with weights 1/σ⁴, solved in scaled coordinates for conditioning
+    design = polynomial_terms(x / 1000, y / 1000, 2)
+    weight = sigma**-4
+    scaled = np.linalg.solve(design.T @ (weight[:, None] * design), design.T @ (weight * ratio))
+    expected_model = design @ scaled
+    np.testing.assert_allclose(polynomial_terms(x, y, 2) @ coefficients, expected_model, rtol=1e-10)
+    residual = ratio - expected_model
+    expected_error = np.sqrt(np.sum(sigma**-8 * residual**2) / np.sum(sigma**-8))
+    assert error == pytest.approx(expected_error, rel=1e-8)
+    # 1/σ² weights would give a measurably different fit
+    plain = np.linalg.solve(design.T @ (sigma[:, None] ** -2 * design), design.T @ (sigma**-2 * ratio))
+    assert np.max(np.abs(design @ plain - expected_model)) > 1e-5
+
+
+def test_too_few_stars_lower_the_order_and_none_gives_one() -> None:
+    x, y = np.array([100.0, 1500.0, 900.0]), np.array([200.0, 1000.0, 50.0])
+    order, coefficients, _ = fit_aperture_correction(x, y, np.array([1.0, 1.01, 0.99]), np.full(3, 0.01), 2)
+    assert order == 1 and len(coefficients) == 3
+    assert fit_aperture_correction(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0), 2) == (0, pytest.approx([1.0]),
+                                                                                             0.0)
+
+
+def _exposure_with_stars(positions: list[tuple[float, float]], flux: float, sigma: float = 1.5,
+                         shape: tuple[int, int] = (300, 400)) -> Exposure:
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    image = np.zeros(shape)
+    for x, y in positions:
+        image += flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    variance = np.full(shape, 4.0) + image / 4.0
+    image += rng.normal(0, np.sqrt(variance))
+    return Exposure(image=image.astype(np.float32), mask=np.zeros(shape, np.uint16),
+                    variance=variance.astype(np.float32), wcs=WCS(naxis=2), psf=GaussianPsf(sigma),
+                    photo_calib=PhotoCalib(1e10, 1e8), data_id=DataId(run=1, camcol=1, field=1, filter="r"))
+
+
+def test_task_on_synthetic_stars_gives_ratio_near_one_and_skips_interpolated() -> None:
+    positions = [(60.3, 50.7), (200.0, 60.2), (330.6, 70.1), (80.2, 150.5), (210.9, 160.4), (320.1, 240.8),
+                 (70.5, 250.0), (190.4, 240.3)]
+    exposure = _exposure_with_stars(positions, flux=2e5)
+    columns = empty_columns(len(positions), SOURCE_SCHEMA + EXTRA_SCHEMA)
+    columns["id"] = np.arange(1, len(positions) + 1)
+    columns["centroid.sdss.x"] = np.array([p[0] for p in positions])
+    columns["centroid.sdss.y"] = np.array([p[1] for p in positions])
+    columns["flags.pixel.interpolated.center"][0] = True
+    result = ApCorrTask().run(exposure, columns, np.arange(len(positions)))
+    assert result.n_candidates == 8 and result.n_stars == 7
+    assert 1 not in result.stars.ids
+    np.testing.assert_allclose(result.stars.ratio, 1.0, atol=0.01)  # r=7 px holds all of a σ=1.5 Gaussian
+    value, error = result.evaluate(200.0, 150.0)
+    assert value == pytest.approx(1.0, abs=0.01)
+    assert 0 < error < 0.01
+
+
+def test_yaml_round_trip(tmp_path) -> None:
+    stars = ApCorrStars(np.array([5, 9]), np.array([1.5, 2.5]), np.array([3.0, 4.0]), np.array([10.0, 20.0]),
+                        np.array([11.0, 19.0]), np.array([1.1, 0.95]), np.array([0.01, 0.02]))
+    ap_corr = ApertureCorrection(2, TRUE.copy(), 0.0017, 3, stars)
+    path = tmp_path / "apCorr.yaml"
+    ap_corr.write_yaml(path)
+    assert "!!python" not in path.read_text()
+    back = ApertureCorrection.read_yaml(path)
+    np.testing.assert_array_equal(back.coefficients, TRUE)
+    assert back.error == 0.0017 and back.n_candidates == 3 and back.order == 2
+    np.testing.assert_array_equal(back.stars.ids, [5, 9])
+    np.testing.assert_array_equal(back.stars.ratio, [1.1, 0.95])
+
+
+def test_application_formula() -> None:
+    ap_corr = ApertureCorrection(0, np.array([0.98]), 0.002, 1, ApCorrStars(*(np.zeros(0),) * 7))
+    columns = empty_columns(3, SOURCE_SCHEMA + EXTRA_SCHEMA)
+    columns["centroid.sdss.x"][:] = [10.0, 20.0, 30.0]
+    columns["centroid.sdss.y"][:] = [5.0, 6.0, 7.0]
+    columns["flux.psf"][:] = [1000.0, 2000.0, np.nan]
+    columns["flux.psf.err"][:] = [10.0, 20.0, 5.0]
+    columns["flux.psf.psffactor"][:] = [20.0, 20.0, 20.0]
+    columns["flux.gaussian"][:] = [900.0, 1800.0, 50.0]  # already PSF-factor scaled by the measurement
+    columns["flux.gaussian.err"][:] = [9.0, 18.0, 1.0]
+    columns["flux.sinc"][:] = [1010.0, 2020.0, 60.0]
+    columns["flux.sinc.err"][:] = [12.0, 24.0, 3.0]
+    columns["multishapelet.exp.flux"][:] = [800.0, 1600.0, 40.0]
+    columns["multishapelet.exp.flux.err"][:] = [8.0, 16.0, 4.0]
+    columns["multishapelet.exp.psffactor"] = np.array([16.0, np.nan, 16.0])
+    apply_aperture_correction(columns, ap_corr)
+    np.testing.assert_array_equal(columns["aperturecorrection"], 0.98)
+    np.testing.assert_array_equal(columns["aperturecorrection.err"], 0.002)
+    assert columns["flux.psf"][0] == pytest.approx(980.0)
+    assert columns["flux.psf.err"][0] == pytest.approx(np.hypot(0.98 * 10, 0.002 * 1000))
+    assert columns["flux.gaussian"][1] == pytest.approx(0.98 * 1800)
+    assert columns["flux.gaussian.err"][1] == pytest.approx(np.hypot(0.98 * 18, 0.002 * 1800))
+    # flux.psf flagged (NaN): nothing corrected for that source
+    assert columns["flux.gaussian"][2] == 50.0 and columns["flux.gaussian.err"][2] == 1.0
+    # flux.sinc untouched
+    np.testing.assert_array_equal(columns["flux.sinc"], [1010.0, 2020.0, 60.0])
+    # multishapelet: F' = F·p_psf/p, then a·F'; a NaN PSF factor keeps the raw value
+    assert columns["multishapelet.exp.flux"][0] == pytest.approx(0.98 * 800 * 20 / 16)
+    assert columns["multishapelet.exp.flux.err"][0] == pytest.approx(np.hypot(0.98 * 10, 0.002 * 1000))
+    assert columns["multishapelet.exp.flux"][1] == 1600.0
