@@ -124,7 +124,8 @@ def test_application_formula() -> None:
     columns["flux.psf"][:] = [1000.0, 2000.0, np.nan]
     columns["flux.psf.err"][:] = [10.0, 20.0, 5.0]
     columns["flux.psf.psffactor"][:] = [20.0, 20.0, 20.0]
-    columns["flux.gaussian"][:] = [900.0, 1800.0, 50.0]  # already PSF-factor scaled by the measurement
+    columns["flux.gaussian"][:] = [900.0, 1800.0, 50.0]
+    columns["flux.gaussian.psffactor"][:] = [20.0, 20.0, 20.0]  # = the flux.psf factor: no rescaling
     columns["flux.gaussian.err"][:] = [9.0, 18.0, 1.0]
     columns["flux.sinc"][:] = [1010.0, 2020.0, 60.0]
     columns["flux.sinc.err"][:] = [12.0, 24.0, 3.0]

@@ -68,6 +68,9 @@ EXTRA_SCHEMA: list[Column] = [
     Column("flux.psf.raw", "f8", "adu", "flux.psf before aperture correction"),
     Column("flux.psf.psffactor", "f8", "", "PSF factor of flux.psf (sum of the peak-normalised PSF)"),
     Column("flux.gaussian.psffactor", "f8", "", "PSF factor of flux.gaussian (flux scaled by p_psf / p)"),
+    Column("multishapelet.exp.psffactor", "f8", "", "PSF factor of multishapelet.exp.flux"),
+    Column("multishapelet.dev.psffactor", "f8", "", "PSF factor of multishapelet.dev.flux"),
+    Column("multishapelet.combo.psffactor", "f8", "", "PSF factor of multishapelet.combo.flux"),
 ]
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger("processCcd.calibrate.apCorr")
 # Fluxes corrected besides flux.psf (2013 ScaledFlux algorithms) -> their PSF-factor column, or None when the
 # measurement already scaled the flux by p_psf / p (flux.gaussian, see tasks/measurement.py).
 SCALED_FLUXES: dict[str, str | None] = {
-    "flux.gaussian": None,
+    "flux.gaussian": "flux.gaussian.psffactor",
     "multishapelet.exp.flux": "multishapelet.exp.psffactor",
     "multishapelet.dev.flux": "multishapelet.dev.psffactor",
     "multishapelet.combo.flux": "multishapelet.combo.psffactor",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from processccd.image import Exposure
 from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
 from processccd.meas.centroid import gaussian_centroid, sdss_centroid
 from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor_batch
+from processccd.meas.model_flux import ModelFluxConfig, PsfModelCache, fit_psf_model, model_fluxes
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
 from processccd.meas.psf_flux import nearest_pixel, psf_flux_of_stamps, stamp_indices, take_stamps
@@ -31,6 +32,8 @@ class MeasurementConfig:
     sinc_radius: float = 7.0  # flux.sinc aperture radius [pixels]
     shape_shiftmax: float = 2.0  # shape.sdss: largest allowed centroid shift of the weighted moments
     gaussian_flux_shiftmax: float = 10.0  # flux.gaussian: the same for its own adaptive moments
+    model_fluxes: bool = True  # multishapelet exp / dev / combo fluxes (2013: final stage only)
+    model_flux: ModelFluxConfig = field(default_factory=ModelFluxConfig)
 
 
 class MeasurementTask:
@@ -66,6 +69,8 @@ class MeasurementTask:
                 replacer.insert(i)
             self._measure_one(cols, i, image, variance, psf, int(footprints.peak_x[i]), int(footprints.peak_y[i]),
                               float(psf_sigmas[i]))
+            if self.config.model_fluxes:
+                self._model_fluxes(cols, i, image, variance, exposure.mask, psf, footprints.pixels(i))
             if replacer is not None:
                 replacer.remove(i)
 
@@ -76,7 +81,8 @@ class MeasurementTask:
             cols[f"flags.pixel.{name.replace('_', '.')}"] = values
         sky = exposure.wcs.pixel_to_world_values(x, y)
         cols["coord.ra"], cols["coord.dec"] = np.mod(sky[0], 360.0), sky[1]
-        self._apply_psf_factors(cols)
+        if self.config.model_fluxes:
+            self._model_flux_psf_factors(cols, psf)
         return cols
 
     def _measure_one(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray,
@@ -133,11 +139,25 @@ class MeasurementTask:
         cols["flux.sinc"], cols["flux.sinc.err"] = sinc_flux_of_stamps(data, var, coefficients)
         cols["flux.gaussian.psffactor"] = gaussian_flux_psf_factor_batch(psf_images)
 
-    @staticmethod
-    def _apply_psf_factors(cols: dict[str, np.ndarray]) -> None:
-        """Scale flux.gaussian by p_psf / p (the 2013 correctFluxes step with an aperture correction of 1)."""
-        scale = cols["flux.psf.psffactor"] / cols["flux.gaussian.psffactor"]
-        cols["flux.gaussian"] = cols["flux.gaussian"] * scale
-        cols["flux.gaussian.err"] = cols["flux.gaussian.err"] * scale
-        cols["flux.psf.raw"] = cols["flux.psf"].copy()
-        cols["aperturecorrection"][:] = 1.0
+    def _model_fluxes(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray,
+                      mask: np.ndarray, psf: Psf, footprint: tuple[np.ndarray, np.ndarray]) -> None:
+        """multishapelet exp / dev / combo raw fluxes of source i (PSF model fitted at its centroid)."""
+        x, y = float(cols["centroid.sdss.x"][i]), float(cols["centroid.sdss.y"][i])
+        config = self.config.model_flux
+        result = model_fluxes(image, variance, mask, footprint[0], footprint[1], x, y,
+                              float(cols["shape.sdss.ixx"][i]), float(cols["shape.sdss.ixy"][i]),
+                              float(cols["shape.sdss.iyy"][i]), not cols["shape.sdss.flags"][i], psf, config,
+                              psf_model=fit_psf_model(psf, x, y, config))
+        for name, flux, err in (("exp", result.exp.flux, result.exp.flux_err),
+                                ("dev", result.dev.flux, result.dev.flux_err),
+                                ("combo", result.combo_flux, result.combo_flux_err)):
+            cols[f"multishapelet.{name}.flux"][i] = flux
+            cols[f"multishapelet.{name}.flux.err"][i] = err
+
+    def _model_flux_psf_factors(self, cols: dict[str, np.ndarray], psf: Psf) -> None:
+        """PSF factors of the model fluxes (ratios to the flux.psf factor cached per 64-px cell)."""
+        cache = PsfModelCache(psf, self.config.model_flux)
+        factors = [cache.factors(float(x), float(y), float(p)) for x, y, p in
+                   zip(cols["centroid.sdss.x"], cols["centroid.sdss.y"], cols["flux.psf.psffactor"], strict=True)]
+        for name in ("exp", "dev", "combo"):
+            cols[f"multishapelet.{name}.psffactor"] = np.array([getattr(f, name) for f in factors])

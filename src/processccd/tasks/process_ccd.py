@@ -16,6 +16,7 @@ from processccd.butler import Butler
 from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
 from processccd.image import Exposure, mask_bit
+from processccd.meas.classification import extendedness
 from processccd.meas.shape import psf_adaptive_sigma
 from processccd.refcat import resolve_catalog_path
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, write_source_table
@@ -40,7 +41,10 @@ class ProcessCcdConfig:
     calibrate_detection: DetectionConfig = field(
         default_factory=lambda: DetectionConfig(include_multiplier=10.0))
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    # 2013: the calibration stage measured without multishapelet (its modelFlux slot was flux.gaussian)
+    calibrate_measurement: MeasurementConfig = field(default_factory=lambda: MeasurementConfig(model_fluxes=False))
     measurement: MeasurementConfig = field(default_factory=MeasurementConfig)
+    extendedness_fac1: float = 0.925  # extended if fac1 * combo flux >= psf flux (classification.extendedness)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)  # matching, apCorr, zero point
     psf_sigma_position: tuple[float, float] = (1024.0, 680.0)  # where detection evaluates the PSF width
 
@@ -118,8 +122,8 @@ class ProcessCcdTask:
         exposure.image = (exposure.image - background.image).astype(np.float32)
         detection = self._detect(exposure, self.psf_sigma(exposure), config.calibrate_detection,
                                  "processCcd.calibrate.detection")
-        columns = MeasurementTask(config.measurement).run(exposure, detection.footprints, first_sequence=1,
-                                                          logger_name="processCcd.calibrate.measurement")
+        columns = MeasurementTask(config.calibrate_measurement).run(
+            exposure, detection.footprints, first_sequence=1, logger_name="processCcd.calibrate.measurement")
         catalog_path = resolve_catalog_path(config.calibrate.reference_catalog.path, self.butler.input_root)
         calibration = CalibrateTask(config.calibrate, catalog_path).run(exposure, columns)
         log.debug("calibration (matching, apCorr, photocal) took %.3f s", calibration.seconds)
@@ -135,6 +139,9 @@ class ProcessCcdTask:
                                                                logger_name="processCcd.measurement")
         if ap_corr is not None:
             apply_aperture_correction(columns, ap_corr)
+        if self.config.measurement.model_fluxes:
+            columns["classification.extendedness"] = extendedness(
+                columns["flux.psf"], columns["multishapelet.combo.flux"], self.config.extendedness_fac1)
         return StageResult(columns=columns, footprints=detection.footprints,
                            background=detection.background.astype(np.float64))
 
