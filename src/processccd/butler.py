@@ -7,6 +7,9 @@ the SDSS Data Archive Server: `<run>/<rerun>/corr/<camcol>/fpC-...`), output dat
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import os
 import re
 import string
@@ -21,9 +24,11 @@ import yaml
 
 from processccd import __version__
 from processccd.dataid import FILTERS, KEYS, DataId, expand_id_expression
-from processccd.errors import DataIdError, InputError, OutputError
+from processccd.errors import DataIdError, InputError, OutputError, ProcessCcdError
 
 REPOSITORY_FILE = "repository.yaml"
+LOCK_FILE = ".lock"
+INPUT_DATASETS = ("fpC", "fpM", "tsField", "psField", "asTrans")
 
 
 def load_mapper_templates() -> dict[str, dict[str, str]]:
@@ -142,6 +147,39 @@ class Butler:
             raise OutputError(f"{self.output_root}: output repository not writable ({err.strerror or err})") \
                 from err
 
+    # --- per-frame metadata (written last: its presence with status "success" marks a complete frame) ---
+    def input_checksums(self, data_id: DataId) -> dict[str, str]:
+        """MD5 of each of the five input files of `data_id` (as the SDSS archive's MD5SUMS)."""
+        return {name: file_md5(self.path(name, data_id)) for name in INPUT_DATASETS}
+
+    def write_metadata(self, data_id: DataId, record: dict[str, Any]) -> Path:
+        """Write the `metadata` YAML of a frame atomically (call it after every other product)."""
+        text = yaml.safe_dump(record, sort_keys=True, default_flow_style=False)
+        return self.put("metadata", data_id, lambda path: path.write_text(text))
+
+    def read_metadata(self, data_id: DataId) -> dict[str, Any] | None:
+        """The `metadata` record of a frame, or None if absent or unreadable (then the frame is redone)."""
+        path = self.path("metadata", data_id)
+        try:
+            record = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files that a killed run left in the output repository; return them.
+
+        Only call this while holding the output lock: a running writer's temporaries look the same.
+        """
+        if self.output_root is None or not self.output_root.is_dir():
+            return []
+        removed = []
+        for path in self.output_root.rglob(".*.tmp"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
     # --- data-id discovery -------------------------------------------------------------------
     def resolve(self, values: dict[str, list[int | str]]) -> list[DataId]:
         """Expand an id expression into DataIds, filling keys it leaves out from the input files.
@@ -229,3 +267,74 @@ def _readers() -> dict[str, Callable[[Path, DataId], Any]]:
         "psField": lambda path, data_id: psfield.read_psfield(path, data_id.filter),
         "asTrans": lambda path, data_id: astrans.read_astrans(path, data_id.camcol, data_id.filter, data_id.field),
     }
+
+
+def file_md5(path: Path) -> str:
+    """Hex MD5 of a file, read in 1 MiB blocks; a missing file raises InputError."""
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from err
+    return digest.hexdigest()
+
+
+class OutputLockedError(ProcessCcdError):
+    """Another run holds the lock of the output repository."""
+
+    exit_code = 1
+
+
+class OutputLock:
+    """An exclusive `fcntl.flock` on `<output>/.lock`, held while a run writes into the repository.
+
+    A second run refuses at once (OutputLockedError) instead of interleaving its writes. The lock file
+    is removed on release; acquiring checks that the locked file is still the one on disk, so a run that
+    opened the file just before it was removed cannot hold a lock on a stale inode.
+    """
+
+    def __init__(self, output_root: Path | str) -> None:
+        self.path = Path(output_root) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise OutputError(f"{self.path}: cannot create the lock file ({err.strerror or err})") from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise OutputLockedError(f"{self.path.parent}: another process-ccd run is writing into this "
+                                            f"output repository ({self.path} is locked); wait for it to finish"
+                                            ) from err
+                raise OutputError(f"{self.path}: cannot lock ({err.strerror or err})") from err
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if same_file:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

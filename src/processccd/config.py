@@ -32,6 +32,10 @@ class ConfigError(ProcessCcdError):
 
     exit_code = 2
 
+    def __init__(self, message: str, detail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or []  # extra lines shown under the error line (e.g. a config diff)
+
 
 # --- dataclass <-> plain data ----------------------------------------------------------------
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -64,7 +68,7 @@ def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}"
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}"
                           f" (known under {prefix.rstrip('.') or 'the root'}: {', '.join(sorted(fields))})")
     kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     try:
