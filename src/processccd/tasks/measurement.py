@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +12,7 @@ import numpy as np
 from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
-from processccd.meas.centroid import gaussian_centroid, sdss_centroid
+from processccd.meas.centroid import GAUSSIAN_STAMP_HALF, gaussian_centroid, gaussian_centroid_stamps, sdss_centroid
 from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor_batch
 from processccd.meas.model_flux import ModelFluxConfig, PsfModelCache, fit_psf_model, model_fluxes
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
@@ -34,6 +36,38 @@ class MeasurementConfig:
     gaussian_flux_shiftmax: float = 10.0  # flux.gaussian: the same for its own adaptive moments
     model_fluxes: bool = True  # multishapelet exp / dev / combo fluxes (2013: final stage only)
     model_flux: ModelFluxConfig = field(default_factory=ModelFluxConfig)
+
+
+@contextmanager
+def isolated(replacer: NoiseReplacer | None, i: int) -> Iterator[None]:
+    """Within the block, source i's own pixels are in the image and every other footprint is noise."""
+    if replacer is None:
+        yield
+        return
+    replacer.insert(i)
+    try:
+        yield
+    finally:
+        replacer.remove(i)
+
+
+def own_footprint_stamps(image: np.ndarray, replacer: NoiseReplacer | None, x: np.ndarray, y: np.ndarray,
+                         half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stamps (N, 2 half + 1, 2 half + 1) centred on (round(x), round(y)) of the image each source is measured on.
+
+    `image` has every footprint replaced by noise (or none, without a replacer); each source's own
+    footprint's (original - noise) is added back into its stamp. Returns (stamps, inside the image).
+    """
+    flat_index, inside = stamp_indices(image.shape, x, y, half)
+    data = take_stamps(image, flat_index, inside)
+    if replacer is not None:
+        source, ys, xs, delta = replacer.footprint_deltas()
+        dy = ys - nearest_pixel(y)[source] + half
+        dx = xs - nearest_pixel(x)[source] + half
+        size = 2 * half + 1
+        own = (dx >= 0) & (dx < size) & (dy >= 0) & (dy < size)
+        np.add.at(data, (source[own], dy[own], dx[own]), delta[own])
+    return data, inside
 
 
 class MeasurementTask:
@@ -64,31 +98,32 @@ class MeasurementTask:
             replacer = NoiseReplacer(image, source_index, ys, xs, seed=self.config.noise_seed, n_footprints=n,
                                      draw_order=python27_dict_order(cols["id"]))
         psf_sigmas = psf_adaptive_sigma_batch(psf.kernels(footprints.peak_x, footprints.peak_y))
-        for i in range(n):
-            if replacer is not None:
-                replacer.insert(i)
-            self._measure_one(cols, i, image, variance, psf, int(footprints.peak_x[i]), int(footprints.peak_y[i]),
-                              float(psf_sigmas[i]))
-            if self.config.model_fluxes:
-                self._model_fluxes(cols, i, image, variance, exposure.mask, psf, footprints.pixels(i))
-            if replacer is not None:
-                replacer.remove(i)
-
+        for i in range(n):  # the SDSS centroid: every later algorithm measures at its result
+            with isolated(replacer, i):
+                self._centroid(cols, i, image, variance, psf, int(footprints.peak_x[i]), int(footprints.peak_y[i]),
+                               float(psf_sigmas[i]))
         x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
+        self._gaussian_centroids(cols, image, replacer)
+        for i in range(n):
+            with isolated(replacer, i):
+                self._shape(cols, i, image, variance)
         self._linear_fluxes(cols, image, variance, psf, replacer)
+        if self.config.model_fluxes:
+            for i in range(n):
+                with isolated(replacer, i):
+                    self._model_fluxes(cols, i, image, variance, exposure.mask, psf, footprints.pixels(i))
+            self._model_flux_psf_factors(cols, psf)
         flags = pixel_flags_many(exposure.mask, source_index, ys, xs, x, y)
         for name, values in flags.items():
             cols[f"flags.pixel.{name.replace('_', '.')}"] = values
         sky = exposure.wcs.pixel_to_world_values(x, y)
         cols["coord.ra"], cols["coord.dec"] = np.mod(sky[0], 360.0), sky[1]
-        if self.config.model_fluxes:
-            self._model_flux_psf_factors(cols, psf)
         return cols
 
-    def _measure_one(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray,
-                     psf: Psf, peak_x: int, peak_y: int, psf_sigma: float) -> None:
-        """The iterative per-source algorithms, in the 2013 priority order, at the centroid."""
-        config = self.config
+    @staticmethod
+    def _centroid(cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray, psf: Psf,
+                  peak_x: int, peak_y: int, psf_sigma: float) -> None:
+        """centroid.sdss of source i; on failure the peak pixel and flags.badcentroid (as 2013)."""
         centroid = sdss_centroid(image, variance, peak_x, peak_y, psf, psf_sigma)
         if centroid.flag:
             x, y = float(peak_x), float(peak_y)
@@ -99,9 +134,23 @@ class MeasurementTask:
             cols["centroid.sdss.err.yy"][i] = centroid.err_yy
         cols["centroid.sdss.x"][i], cols["centroid.sdss.y"][i] = x, y
 
-        gx, gy, _ = gaussian_centroid(image, x, y)
-        cols["centroid.gaussian.x"][i], cols["centroid.gaussian.y"][i] = gx, gy
+    @staticmethod
+    def _gaussian_centroids(cols: dict[str, np.ndarray], image: np.ndarray, replacer: NoiseReplacer | None) -> None:
+        """centroid.gaussian of all sources from stamps; the few that need more of the image one by one."""
+        x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
+        half = GAUSSIAN_STAMP_HALF
+        stamps, _ = own_footprint_stamps(image, replacer, x, y, half)
+        gx, gy, _, fallback = gaussian_centroid_stamps(stamps, nearest_pixel(x) - half, nearest_pixel(y) - half,
+                                                       x, y, image.shape)
+        for i in fallback:
+            with isolated(replacer, int(i)):
+                gx[i], gy[i], _ = gaussian_centroid(image, float(x[i]), float(y[i]))
+        cols["centroid.gaussian.x"], cols["centroid.gaussian.y"] = gx, gy
 
+    def _shape(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray) -> None:
+        """shape.sdss adaptive moments of source i; flux.gaussian from the same moments."""
+        config = self.config
+        x, y = float(cols["centroid.sdss.x"][i]), float(cols["centroid.sdss.y"][i])
         shape = adaptive_moments(image, variance, x, y, shiftmax=config.shape_shiftmax)
         cols["shape.sdss.ixx"][i], cols["shape.sdss.ixy"][i], cols["shape.sdss.iyy"][i] = \
             shape.ixx, shape.ixy, shape.iyy
@@ -109,7 +158,6 @@ class MeasurementTask:
         cols["shape.sdss.err.ixy"][i] = shape.err_ixy
         cols["shape.sdss.err.iyy"][i] = shape.err_iyy
         cols["shape.sdss.flags"][i] = shape.flag
-
         gauss = gaussian_flux_from_moments(shape, shiftmax=config.gaussian_flux_shiftmax)
         cols["flux.gaussian"][i], cols["flux.gaussian.err"][i] = gauss.flux, gauss.flux_err
 
@@ -122,16 +170,8 @@ class MeasurementTask:
         per-source loop measured on.
         """
         x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
-        half = SINC_SIZE // 2
-        flat_index, inside = stamp_indices(image.shape, x, y, half)
-        data = take_stamps(image, flat_index, inside)
-        var = take_stamps(variance, flat_index, inside)
-        if replacer is not None:
-            source, ys, xs, delta = replacer.footprint_deltas()
-            dy = ys - nearest_pixel(y)[source] + half
-            dx = xs - nearest_pixel(x)[source] + half
-            own = (dx >= 0) & (dx < data.shape[2]) & (dy >= 0) & (dy < data.shape[1])
-            np.add.at(data, (source[own], dy[own], dx[own]), delta[own])
+        data, inside = own_footprint_stamps(image, replacer, x, y, SINC_SIZE // 2)
+        var = take_stamps(variance, *stamp_indices(image.shape, x, y, SINC_SIZE // 2))
         psf_images = psf.compute_images(x, y)
         flux, err, psf_factor = psf_flux_of_stamps(data, var, np.where(inside, psf_images, 0.0))
         cols["flux.psf"], cols["flux.psf.err"], cols["flux.psf.psffactor"] = flux, err, psf_factor
