@@ -84,6 +84,14 @@ def _flux_scale_batch(moments: BatchMomentsResult) -> np.ndarray:
     return np.where(usable, 2.0 * math.pi * np.sqrt(np.where(usable, major * minor, 1.0)), math.nan)
 
 
+def gaussian_flux_from_batch(moments: BatchMomentsResult) -> tuple[np.ndarray, np.ndarray]:
+    """(flux, err) of `gaussian_flux_from_moments` for every stamp of a batch result."""
+    scale = _flux_scale_batch(moments)
+    variance = moments.covariance[:, 0, 0]
+    err = np.where(variance >= 0, scale * np.sqrt(np.abs(variance)), math.nan)
+    return scale * moments.i0, err
+
+
 def gaussian_flux_psf_factor_batch(psf_images: np.ndarray) -> np.ndarray:
     """`gaussian_flux_psf_factor_of_image` of N `Psf.compute_image` stamps (N, H, W) at once, (N,)."""
     psf_images = np.asarray(psf_images, dtype=np.float64)

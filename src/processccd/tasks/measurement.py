@@ -13,16 +13,21 @@ from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
 from processccd.meas.centroid import GAUSSIAN_STAMP_HALF, gaussian_centroid, gaussian_centroid_stamps, sdss_centroid
-from processccd.meas.gaussian_flux import gaussian_flux_from_moments, gaussian_flux_psf_factor_batch
+from processccd.meas.gaussian_flux import (
+    gaussian_flux_from_batch,
+    gaussian_flux_from_moments,
+    gaussian_flux_psf_factor_batch,
+)
 from processccd.meas.model_flux import ModelFluxConfig, PsfModelCache, fit_psf_model, model_fluxes
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
 from processccd.meas.psf_flux import nearest_pixel, psf_flux_of_stamps, stamp_indices, take_stamps
-from processccd.meas.shape import adaptive_moments, psf_adaptive_sigma_batch
+from processccd.meas.shape import adaptive_moments, adaptive_moments_stamps, psf_adaptive_sigma_batch
 from processccd.psf import Psf
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
 
 SEQUENCE_BITS = 26  # source id = exposure id << 26 | sequence number
+SHAPE_STAMP_HALF = 20  # 41 x 41 stamps hold the adaptive-moment box of all but the largest sources
 
 
 @dataclass
@@ -104,9 +109,7 @@ class MeasurementTask:
                                float(psf_sigmas[i]))
         x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
         self._gaussian_centroids(cols, image, replacer)
-        for i in range(n):
-            with isolated(replacer, i):
-                self._shape(cols, i, image, variance)
+        self._shapes(cols, image, variance, replacer)
         self._linear_fluxes(cols, image, variance, psf, replacer)
         if self.config.model_fluxes:
             for i in range(n):
@@ -146,6 +149,27 @@ class MeasurementTask:
             with isolated(replacer, int(i)):
                 gx[i], gy[i], _ = gaussian_centroid(image, float(x[i]), float(y[i]))
         cols["centroid.gaussian.x"], cols["centroid.gaussian.y"] = gx, gy
+
+    def _shapes(self, cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray,
+                replacer: NoiseReplacer | None) -> None:
+        """shape.sdss and flux.gaussian of all sources from stamps; the rare hard cases one by one."""
+        x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
+        half = SHAPE_STAMP_HALF
+        stamps, inside = own_footprint_stamps(image, replacer, x, y, half)
+        ix = np.clip(nearest_pixel(x), 0, image.shape[1] - 1)
+        iy = np.clip(nearest_pixel(y), 0, image.shape[0] - 1)
+        moments = adaptive_moments_stamps(stamps, inside, x - nearest_pixel(x) + half, y - nearest_pixel(y) + half,
+                                          variance[iy, ix].astype(np.float64), shiftmax=self.config.shape_shiftmax)
+        cols["shape.sdss.ixx"], cols["shape.sdss.ixy"], cols["shape.sdss.iyy"] = \
+            moments.ixx, moments.ixy, moments.iyy
+        cols["shape.sdss.err.ixx"] = moments.err_ixx.astype(np.float32)
+        cols["shape.sdss.err.ixy"] = moments.err_ixy.astype(np.float32)
+        cols["shape.sdss.err.iyy"] = moments.err_iyy.astype(np.float32)
+        cols["shape.sdss.flags"] = moments.flag
+        cols["flux.gaussian"], cols["flux.gaussian.err"] = gaussian_flux_from_batch(moments)
+        for i in moments.fallback:
+            with isolated(replacer, int(i)):
+                self._shape(cols, int(i), image, variance)
 
     def _shape(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray) -> None:
         """shape.sdss adaptive moments of source i; flux.gaussian from the same moments."""
