@@ -1,11 +1,11 @@
-"""Benchmark (not a test): CPU seconds per frame of each pipeline stage on the demo frames, one core.
+"""Benchmark (not a test): CPU seconds per frame of each pipeline stage on the 10 demo frames, one core.
 
-    .venv/bin/python bench/benchmark.py [--repeat 3] [--stages exposure|all] [--json FILE]
+    .venv/bin/python bench/benchmark.py [--repeat 3] [--frames N] [--json FILE]
 
-Stages: make_exposure (read fpC/fpM/tsField/psField/asTrans, variance, mask, WCS fit, PSF),
-background (the first 512-px background), calibrate (detection x10 + icSrc measurement),
-detection (final), measurement (final src). Prints the median over repeats per frame and stage,
-the totals, and the peak RSS of the process.
+Stages: make_exposure (read the five inputs, variance, mask, WCS fit, PSF), calibrate (background,
+bright detection, icSrc measurement, matching, aperture correction, zero point), detection (final) and
+measurement (final src, split by algorithm), write (all products). Prints the median over repeats per
+frame, the mean per frame, and the peak RSS. Set OMP_NUM_THREADS=1 for a one-core figure.
 """
 
 from __future__ import annotations
@@ -16,73 +16,70 @@ import logging
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from processccd.background import estimate_background
 from processccd.butler import Butler
 from processccd.dataid import DataId
-from processccd.image import mask_bit
-from processccd.meas.shape import psf_adaptive_sigma
 from processccd.tasks.make_exposure import make_exposure
 from processccd.tasks.measurement import MeasurementTask
-from processccd.tasks.process_ccd import BACKGROUND_IGNORED_PLANES, ProcessCcdConfig, ProcessCcdTask
+from processccd.tasks.process_ccd import ProcessCcdTask
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = [DataId(run=run, camcol=4, field=field, filter=f, rerun=40)
           for run, field in ((4192, 300), (6377, 399)) for f in "ugriz"]
 
 
-def time_frame(butler: Butler, data_id: DataId, all_stages: bool) -> dict[str, float]:
-    """Seconds of each stage for one frame."""
-    config = ProcessCcdConfig()
+def time_frame(task: ProcessCcdTask, data_id: DataId) -> dict[str, float]:
+    """CPU seconds of each stage (and measurement step) for one frame."""
     times: dict[str, float] = {}
-    t0 = time.process_time()
-    exposure = make_exposure(butler, data_id, config.exposure)
-    t1 = time.process_time()
-    ignored = sum(mask_bit(p) for p in BACKGROUND_IGNORED_PLANES)
-    background = estimate_background(exposure.image, exposure.mask, ignored, config.background_bin_size)
-    exposure.image = (exposure.image - background.image).astype(np.float32)
-    t2 = time.process_time()
-    times["make_exposure"], times["background"] = t1 - t0, t2 - t1
-    if not all_stages:
-        return times
-    psf_sigma = psf_adaptive_sigma(exposure.psf.compute_image(*config.psf_sigma_position))
-    measurement = MeasurementTask(config.measurement)
-    calib = ProcessCcdTask._detect(exposure, psf_sigma, config.calibrate_detection, "bench")
-    measurement.run(exposure, calib.footprints, 1, "bench")
-    t3 = time.process_time()
-    final = ProcessCcdTask._detect(exposure, psf_sigma, config.detection, "bench")
-    t4 = time.process_time()
-    measurement.run(exposure, final.footprints, len(calib.footprints) + 1, "bench")
-    t5 = time.process_time()
-    times.update(calibrate=t3 - t2, detection=t4 - t3, measurement=t5 - t4, n_src=len(final.footprints))
+    clock = time.process_time
+    t0 = clock()
+    exposure = make_exposure(task.butler, data_id, task.config.exposure)
+    t1 = clock()
+    calib = task.calibrate_stage(exposure)
+    t2 = clock()
+    detection = task._detect(exposure, task.psf_sigma(exposure), task.config.detection, "bench")
+    t3 = clock()
+    measurement = MeasurementTask(task.config.measurement)
+    columns = measurement.run(exposure, detection.footprints, calib.n_sources + 1, "bench")
+    t4 = clock()
+    task._write(data_id, exposure, calib.background, calib.columns, columns, calib.calibration)
+    t5 = clock()
+    times.update({"make_exposure": t1 - t0, "calibrate": t2 - t1, "detection": t3 - t2, "measurement": t4 - t3,
+                  "write": t5 - t4})
+    times.update({f"  {k}": v for k, v in measurement.timings.items()})
+    times["n_src"] = len(detection.footprints)
     return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--stages", choices=["exposure", "all"], default="all")
+    parser.add_argument("--frames", type=int, default=len(FRAMES))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    butler = Butler(ROOT / "input")
-    all_stages = args.stages == "all"
-    time_frame(butler, FRAMES[0], all_stages)  # warm-up (imports, caches)
-    results = {}
-    for data_id in FRAMES:
-        runs = [time_frame(butler, data_id, all_stages) for _ in range(args.repeat)]
-        results[data_id.label()] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    with tempfile.TemporaryDirectory() as output:
+        task = ProcessCcdTask(Butler(ROOT / "input", output))
+        time_frame(task, FRAMES[0])  # warm-up (imports, caches)
+        results = {}
+        for data_id in FRAMES[: args.frames]:
+            runs = [time_frame(task, data_id) for _ in range(args.repeat)]
+            results[data_id.label()] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     stages = [k for k in next(iter(results.values())) if k != "n_src"]
-    print(f"{'frame':<12}" + "".join(f"{s:>15}" for s in stages) + f"{'total':>10}")
-    for label, row in results.items():
-        total = sum(row[s] for s in stages)
-        print(f"{label:<12}" + "".join(f"{row[s]:>15.3f}" for s in stages) + f"{total:>10.3f}")
     mean = {s: statistics.fmean(r[s] for r in results.values()) for s in stages}
-    print(f"{'mean/frame':<12}" + "".join(f"{mean[s]:>15.3f}" for s in stages) + f"{sum(mean.values()):>10.3f}")
+    top = [s for s in stages if not s.startswith(" ")]
+    print(f"{'frame':<12}{'n_src':>7}" + "".join(f"{s:>14}" for s in top) + f"{'total':>10}")
+    for label, row in results.items():
+        print(f"{label:<12}{int(row['n_src']):>7}" + "".join(f"{row[s]:>14.3f}" for s in top)
+              + f"{sum(row[s] for s in top):>10.3f}")
+    print(f"{'mean/frame':<19}" + "".join(f"{mean[s]:>14.3f}" for s in top) + f"{sum(mean[s] for s in top):>10.3f}")
+    print("measurement steps, mean CPU s per frame:")
+    for s in stages:
+        if s.startswith(" "):
+            print(f"  {s.strip():<32}{mean[s]:8.3f}")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS: {peak_mb:.0f} MB")
     if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,6 +81,15 @@ class MeasurementTask:
 
     def __init__(self, config: MeasurementConfig | None = None) -> None:
         self.config = config or MeasurementConfig()
+        self.timings: dict[str, float] = {}  # CPU seconds per measurement step, summed over runs
+
+    @contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.process_time() - start
 
     def run(self, exposure: Exposure, footprints: Footprints, first_sequence: int,
             logger_name: str = "processCcd.measurement") -> dict[str, np.ndarray]:
@@ -98,29 +108,38 @@ class MeasurementTask:
         image = exposure.image.copy()
         variance, psf = exposure.variance, exposure.psf
         replacer = None
-        if self.config.replace_with_noise:
-            # 2013 drew the noise footprint by footprint in the order of a Python 2 dict keyed by source id
-            replacer = NoiseReplacer(image, source_index, ys, xs, seed=self.config.noise_seed, n_footprints=n,
-                                     draw_order=python27_dict_order(cols["id"]))
-        psf_sigmas = psf_adaptive_sigma_batch(psf.kernels(footprints.peak_x, footprints.peak_y))
-        for i in range(n):  # the SDSS centroid: every later algorithm measures at its result
-            with isolated(replacer, i):
-                self._centroid(cols, i, image, variance, psf, int(footprints.peak_x[i]), int(footprints.peak_y[i]),
-                               float(psf_sigmas[i]))
-        x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
-        self._gaussian_centroids(cols, image, replacer)
-        self._shapes(cols, image, variance, replacer)
-        self._linear_fluxes(cols, image, variance, psf, replacer)
-        if self.config.model_fluxes:
-            for i in range(n):
+        timed = self._timed
+        with timed("noise replacement"):
+            if self.config.replace_with_noise:
+                # 2013 drew the noise footprint by footprint in the order of a Python 2 dict keyed by source id
+                replacer = NoiseReplacer(image, source_index, ys, xs, seed=self.config.noise_seed, n_footprints=n,
+                                         draw_order=python27_dict_order(cols["id"]))
+        with timed("centroid.sdss"):
+            psf_sigmas = psf_adaptive_sigma_batch(psf.kernels(footprints.peak_x, footprints.peak_y))
+            for i in range(n):  # every later algorithm measures at this centroid
                 with isolated(replacer, i):
-                    self._model_fluxes(cols, i, image, variance, exposure.mask, psf, footprints.pixels(i))
-            self._model_flux_psf_factors(cols, psf)
-        flags = pixel_flags_many(exposure.mask, source_index, ys, xs, x, y)
-        for name, values in flags.items():
-            cols[f"flags.pixel.{name.replace('_', '.')}"] = values
-        sky = exposure.wcs.pixel_to_world_values(x, y)
-        cols["coord.ra"], cols["coord.dec"] = np.mod(sky[0], 360.0), sky[1]
+                    self._centroid(cols, i, image, variance, psf, int(footprints.peak_x[i]),
+                                   int(footprints.peak_y[i]), float(psf_sigmas[i]))
+        x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
+        with timed("centroid.gaussian"):
+            self._gaussian_centroids(cols, image, replacer)
+        with timed("shape.sdss + flux.gaussian"):
+            self._shapes(cols, image, variance, replacer)
+        with timed("flux.psf + flux.sinc"):
+            self._linear_fluxes(cols, image, variance, psf, replacer)
+        if self.config.model_fluxes:
+            with timed("multishapelet"):
+                for i in range(n):
+                    with isolated(replacer, i):
+                        self._model_fluxes(cols, i, image, variance, exposure.mask, psf, footprints.pixels(i))
+                self._model_flux_psf_factors(cols, psf)
+        with timed("flags + coord"):
+            flags = pixel_flags_many(exposure.mask, source_index, ys, xs, x, y)
+            for name, values in flags.items():
+                cols[f"flags.pixel.{name.replace('_', '.')}"] = values
+            sky = exposure.wcs.pixel_to_world_values(x, y)
+            cols["coord.ra"], cols["coord.dec"] = np.mod(sky[0], 360.0), sky[1]
+        log.debug("measurement CPU seconds: %s", {k: round(v, 3) for k, v in self.timings.items()})
         return cols
 
     @staticmethod
