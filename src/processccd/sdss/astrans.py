@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from processccd.errors import InputError
+from processccd.sdss import header_number, header_text, open_fits, table_hdu
 
 SDSS_PIXEL_OFFSET = 0.5  # SDSS row/col = our 0-based pixel-centre coordinate + 0.5
 
@@ -77,75 +77,70 @@ class AsTrans:
         return self.great_circle_to_sky(*self.pixel_to_great_circle(x, y, offset))
 
 
-def _header_value(header: fits.Header, key: str, where: str, path: Path) -> object:
-    """header[key], or InputError naming the file, the HDU and the keyword."""
-    if key not in header:
-        raise InputError(f"{path}: keyword {key} missing from {where}")
-    return header[key]
+_COLUMNS = ("a", "b", "c", "d", "e", "f", *(f"dRow{i}" for i in range(4)), *(f"dCol{i}" for i in range(4)), "csRow",
+            "csCol", "ccRow", "ccCol", "riCut", "mjd", "airmass", "muErr", "nuErr")
 
 
 def read_astrans(path: str | Path, camcol: int, filter: str, field: int) -> AsTrans:
     """Read the asTrans solution for (camcol, filter, field) from the run file at `path`."""
     path = Path(path)
-    try:
-        hdul = fits.open(path, memmap=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read asTrans file ({exc})") from exc
-    with hdul:
+    primary_where = "the primary header"
+    with open_fits(path, "asTrans") as hdul:
         primary = hdul[0].header
-        camcols = str(_header_value(primary, "CAMCOLS", "the primary header", path)).split()
-        filters = str(_header_value(primary, "FILTERS", "the primary header", path)).split()
-        node = float(_header_value(primary, "NODE", "the primary header", path))
-        incl = float(_header_value(primary, "INCL", "the primary header", path))
-        field0 = int(_header_value(primary, "FIELD0", "the primary header", path))
+        camcols = header_text(primary, "CAMCOLS", path, primary_where).split()
+        filters = header_text(primary, "FILTERS", path, primary_where).split()
+        node = header_number(primary, "NODE", path, primary_where)
+        incl = header_number(primary, "INCL", path, primary_where)
+        field0 = header_number(primary, "FIELD0", path, primary_where, int)
         if str(camcol) not in camcols:
             raise InputError(f"{path}: camcol {camcol} not in CAMCOLS {' '.join(camcols)}")
         if filter not in filters:
             raise InputError(f"{path}: filter {filter!r} not in FILTERS {' '.join(filters)}")
         hdu_index = camcols.index(str(camcol)) * len(filters) + filters.index(filter) + 1
-        if hdu_index >= len(hdul):
-            raise InputError(f"{path}: HDU {hdu_index} for camcol {camcol} filter {filter} missing")
-        hdu = hdul[hdu_index]
         where = f"HDU {hdu_index}"
-        hdu_camcol = int(_header_value(hdu.header, "CAMCOL", where, path))
-        hdu_filter = str(_header_value(hdu.header, "FILTER", where, path)).strip()
+        hdu = table_hdu(hdul, hdu_index, path, f"camcol {camcol} filter {filter}")
+        hdu_camcol = header_number(hdu.header, "CAMCOL", path, where, int)
+        hdu_filter = header_text(hdu.header, "FILTER", path, where).strip()
         if (hdu_camcol, hdu_filter) != (camcol, filter):
             raise InputError(
                 f"{path}: {where} holds camcol {hdu_camcol} filter {hdu_filter}, expected {camcol} {filter}"
             )
         data = hdu.data
-        row_index = field - field0
-        if data is None or not 0 <= row_index < len(data):
-            raise InputError(f"{path}: field {field} missing from {where} (first field {field0})")
-        names = set(data.columns.names)
-        required = ["field", "a", "b", "c", "d", "e", "f"] + [f"dRow{i}" for i in range(4)]
-        required += [f"dCol{i}" for i in range(4)]
-        required += ["csRow", "csCol", "ccRow", "ccCol", "riCut", "mjd", "airmass", "muErr", "nuErr"]
-        missing = [name for name in required if name not in names]
+        names = set(data.columns.names) if data is not None else set()
+        missing = [name for name in ("field", *_COLUMNS) if name not in names]
         if missing:
             raise InputError(f"{path}: columns {', '.join(missing)} missing from {where}")
+        row_index = field - field0
+        if not 0 <= row_index < len(data):
+            raise InputError(f"{path}: field {field} missing from {where} (first field {field0}, {len(data)} rows)")
         row = data[row_index]
-        if int(row["field"]) != field:
-            found = int(row["field"])
+        found = np.asarray(row["field"])
+        if found.size != 1 or found.dtype.kind not in "iu" or int(found.reshape(())) != field:
             raise InputError(f"{path}: {where} row {row_index} holds field {found}, expected {field}")
-        return AsTrans(
-            a=float(row["a"]),
-            b=float(row["b"]),
-            c=float(row["c"]),
-            d=float(row["d"]),
-            e=float(row["e"]),
-            f=float(row["f"]),
-            d_row=tuple(float(row[f"dRow{i}"]) for i in range(4)),
-            d_col=tuple(float(row[f"dCol{i}"]) for i in range(4)),
-            cs_row=float(row["csRow"]),
-            cs_col=float(row["csCol"]),
-            cc_row=float(row["ccRow"]),
-            cc_col=float(row["ccCol"]),
-            ri_cut=float(row["riCut"]),
-            node=node,
-            incl=incl,
-            mjd=float(row["mjd"]),
-            airmass=float(row["airmass"]),
-            mu_err=float(row["muErr"]),
-            nu_err=float(row["nuErr"]),
-        )
+        values = {}
+        for name in _COLUMNS:
+            value = np.asarray(row[name], dtype=np.float64)
+            if value.size != 1 or not np.isfinite(value).all():
+                raise InputError(f"{path}: {where} field {field}: {name} = {value} is not one finite number")
+            values[name] = float(value.reshape(()))
+    return AsTrans(
+        a=values["a"],
+        b=values["b"],
+        c=values["c"],
+        d=values["d"],
+        e=values["e"],
+        f=values["f"],
+        d_row=tuple(values[f"dRow{i}"] for i in range(4)),
+        d_col=tuple(values[f"dCol{i}"] for i in range(4)),
+        cs_row=values["csRow"],
+        cs_col=values["csCol"],
+        cc_row=values["ccRow"],
+        cc_col=values["ccCol"],
+        ri_cut=values["riCut"],
+        node=node,
+        incl=incl,
+        mjd=values["mjd"],
+        airmass=values["airmass"],
+        mu_err=values["muErr"],
+        nu_err=values["nuErr"],
+    )

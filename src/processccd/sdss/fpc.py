@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +9,12 @@ import numpy as np
 from astropy.io import fits
 
 from processccd.errors import InputError
+from processccd.sdss import header_number, open_fits
 
 FPC_SHAPE = (1489, 2048)  # (rows, columns) of an untrimmed SDSS frame
+FPC_BITPIX = 16  # 16-bit pixels, stored signed with BZERO = 32768 (read back as uint16)
+DEFAULT_SOFT_BIAS = 1000.0
+DEFAULT_EXPTIME = 53.907456
 
 
 @dataclass(frozen=True)
@@ -25,24 +27,36 @@ class FpcFrame:
     header: fits.Header
 
 
+def _check_image_header(header: fits.Header, path: Path) -> None:
+    """The primary header must declare a 2048 x 1489 16-bit image (checked before any data is read)."""
+    where = "the primary header"
+    bitpix = header_number(header, "BITPIX", path, where, int)
+    naxis = header_number(header, "NAXIS", path, where, int)
+    if naxis != 2:
+        raise InputError(f"{path}: fpC has no 2-d image in its primary HDU (NAXIS = {naxis})")
+    shape = (header_number(header, "NAXIS2", path, where, int), header_number(header, "NAXIS1", path, where, int))
+    if shape != FPC_SHAPE:
+        raise InputError(f"{path}: fpC image has shape {shape}, expected {FPC_SHAPE}")
+    if bitpix != FPC_BITPIX:
+        raise InputError(f"{path}: fpC pixels have BITPIX {bitpix}, expected 16 (unsigned 16-bit integers)")
+
+
 def read_fpc(path: Path | str) -> FpcFrame:
     """Read an fpC (optionally gzipped); the image is converted to float32 before any arithmetic."""
     path = Path(path)
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            header = hdul[0].header
-            data = hdul[0].data
-    except (OSError, EOFError, ValueError, TypeError, zlib.error, gzip.BadGzipFile) as err:
-        raise InputError(f"{path}: not a readable fpC FITS file ({err})") from err
-    if data is None or data.ndim != 2:
-        raise InputError(f"{path}: fpC has no 2-d image in its primary HDU")
-    if data.shape != FPC_SHAPE:
-        raise InputError(f"{path}: fpC image has shape {data.shape}, expected {FPC_SHAPE}")
-    if data.dtype.kind not in "iu":
-        raise InputError(f"{path}: fpC pixels are {data.dtype}, expected 16-bit integers")
-    try:
-        soft_bias = float(header.get("SOFTBIAS", 1000))
-        exptime = float(header.get("EXPTIME", 53.907456))
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{path}: bad SOFTBIAS/EXPTIME keyword ({err})") from err
-    return FpcFrame(image=data.astype(np.float32), soft_bias=soft_bias, exptime=exptime, header=header)
+    with open_fits(path, "fpC") as hdul:
+        header = hdul[0].header
+        _check_image_header(header, path)
+        data = hdul[0].data
+        if data is None or data.shape != FPC_SHAPE:
+            raise InputError(f"{path}: fpC image data missing or incomplete")
+        if data.dtype != np.uint16:
+            raise InputError(f"{path}: fpC pixels are {data.dtype}, expected uint16 (BITPIX 16, BZERO 32768)")
+        image = data.astype(np.float32)
+        soft_bias = header_number(header, "SOFTBIAS", path, "the primary header", default=DEFAULT_SOFT_BIAS)
+        exptime = header_number(header, "EXPTIME", path, "the primary header", default=DEFAULT_EXPTIME)
+    if soft_bias < 0:
+        raise InputError(f"{path}: SOFTBIAS = {soft_bias} is negative")
+    if exptime <= 0:
+        raise InputError(f"{path}: EXPTIME = {exptime} is not positive")
+    return FpcFrame(image=image, soft_bias=soft_bias, exptime=exptime, header=header)

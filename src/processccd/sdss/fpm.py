@@ -9,7 +9,7 @@ import numpy as np
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss import open_fits
+from processccd.sdss import header_number, open_fits, table_hdu
 
 PLANE_PREFIX = "S_MASK_"
 SPAN_BYTES = 6  # one span = three big-endian int16: y, x1, x2
@@ -42,8 +42,12 @@ def rasterize_spans(spans: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.cumsum(diff[:, :ncol], axis=1) > 0
 
 
-def _plane_spans(hdu: fits.BinTableHDU, path: Path, name: str) -> np.ndarray:
-    """All spans of one plane HDU in frame coordinates (row0/col0 applied), as an (n, 3) array."""
+def _plane_spans(hdu: fits.BinTableHDU, path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """All spans of one plane HDU in frame coordinates (row0/col0 applied), as an (n, 3) array.
+
+    Spans may overhang the mask (real fpM files have x1 = -1; rasterize_spans clips them); a span with
+    x1 > x2, or one more than a whole mask size away from the (rows, columns) `shape`, is corrupt.
+    """
     data = hdu.data
     if data is None or len(data) == 0:
         return np.zeros((0, 3), dtype=np.int64)
@@ -62,14 +66,24 @@ def _plane_spans(hdu: fits.BinTableHDU, path: Path, name: str) -> np.ndarray:
     spans = decode_spans(np.concatenate(blobs).tobytes())
     spans[:, 0] -= np.repeat(np.asarray(data["row0"], dtype=np.int64), nspan)
     spans[:, 1:] -= np.repeat(np.asarray(data["col0"], dtype=np.int64), nspan)[:, None]
+    y, x1, x2 = spans.T
+    nrow, ncol = shape
+    corrupt = (x1 > x2) | (y < -nrow) | (y >= 2 * nrow) | (x2 < -ncol) | (x1 >= 2 * ncol)
+    if corrupt.any():
+        bad_y, bad_x1, bad_x2 = spans[np.flatnonzero(corrupt)[0]]
+        raise InputError(f"{path}: plane {name}: span (y={bad_y}, x={bad_x1}..{bad_x2}) is inverted or far outside "
+                         f"the {nrow} x {ncol} mask ({int(corrupt.sum())} such spans)")
     return spans
 
 
 def _plane_hdus(hdul: fits.HDUList, path: Path) -> dict[str, int]:
     """Plane name (without S_MASK_) -> HDU index, from the name table in the last HDU."""
-    table = hdul[-1].data if len(hdul) > 1 else None
+    table = table_hdu(hdul, len(hdul) - 1, path, "mask-plane name table").data if len(hdul) > 1 else None
     if table is None or not {"attributeName", "Value"} <= set(table.columns.names):
         raise InputError(f"{path}: last HDU is not the mask-plane name table (attributeName, Value)")
+    if table["attributeName"].dtype.kind not in "SU" or table["Value"].dtype.kind not in "iu":
+        raise InputError(f"{path}: mask-plane name table columns have types {table['attributeName'].dtype}, "
+                         f"{table['Value'].dtype}; expected text and integer")
     hdus: dict[str, int] = {}
     for attribute, value in zip(table["attributeName"], table["Value"], strict=True):
         attribute = str(attribute).strip()
@@ -87,10 +101,8 @@ def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str,
     path = Path(path)
     with open_fits(path, "fpM") as hdul:
         header = hdul[0].header
-        try:
-            shape = (int(header["MASKROWS"]), int(header["MASKCOLS"]))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InputError(f"{path}: MASKROWS/MASKCOLS missing or invalid in the primary header") from exc
+        shape = (header_number(header, "MASKROWS", path, "the primary header", int),
+                 header_number(header, "MASKCOLS", path, "the primary header", int))
         if not all(0 < n <= MAX_MASK_SIZE for n in shape):
             raise InputError(f"{path}: invalid mask size {shape[0]} x {shape[1]}")
         hdus = _plane_hdus(hdul, path)
@@ -102,5 +114,5 @@ def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str,
             index = hdus[name]
             if not 1 <= index < len(hdul) - 1 or not isinstance(hdul[index], fits.BinTableHDU):
                 raise InputError(f"{path}: HDU {index} of mask plane {name} missing")
-            result[name] = rasterize_spans(_plane_spans(hdul[index], path, name), shape)
+            result[name] = rasterize_spans(_plane_spans(hdul[index], path, name, shape), shape)
     return result

@@ -9,11 +9,15 @@ import numpy as np
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss import open_fits
+from processccd.sdss import header_text, open_fits, table_hdu
 from processccd.sdss.tsfield import FILTERS, filter_index
 
 MAX_POLY_TERMS = 5  # c is stored as a 5x5 block; only [:nrow_b, :ncol_b] is meaningful
 STATS_HDU = 6
+MIN_BASIS_SIZE = 31  # basis images are trimmed to the 31 x 31 kernel of processccd.psf
+# statistics that must be positive / non-negative (the others only finite)
+POSITIVE_STATS = ("psf_width", "psf_sigma1", "psf_sigma2", "gain", "skysig")
+NON_NEGATIVE_STATS = ("psf_b", "dark_variance")
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,11 +50,9 @@ class PsFieldStats:
     skysig: float
 
 
-def _table(hdul: fits.HDUList, index: int, columns: tuple[str, ...], path: Path) -> fits.FITS_rec:
+def _table(hdul: fits.HDUList, index: int, columns: tuple[str, ...], path: Path, what: str) -> fits.FITS_rec:
     """Data of binary-table HDU `index`, checked to hold at least one row and `columns`."""
-    if index >= len(hdul) or not isinstance(hdul[index], fits.BinTableHDU):
-        raise InputError(f"{path}: HDU {index} missing or not a binary table")
-    data = hdul[index].data
+    data = table_hdu(hdul, index, path, what).data
     if data is None or len(data) == 0:
         raise InputError(f"{path}: HDU {index} is empty")
     missing = [name for name in columns if name not in data.columns.names]
@@ -60,7 +62,7 @@ def _table(hdul: fits.HDUList, index: int, columns: tuple[str, ...], path: Path)
 
 
 def _check_filters(hdul: fits.HDUList, path: Path) -> None:
-    filters = tuple(str(hdul[0].header.get("FILTERS", "u g r i z")).split())
+    filters = tuple(header_text(hdul[0].header, "FILTERS", path, "the primary header", " ".join(FILTERS)).split())
     if filters != FILTERS:
         raise InputError(f"{path}: FILTERS is {' '.join(filters)!r}, expected 'u g r i z'")
 
@@ -71,7 +73,8 @@ def read_psfield(path: str | Path, filter: str) -> list[KLComponent]:
     index = filter_index(filter) + 1
     with open_fits(path, "psField") as hdul:
         _check_filters(hdul, path)
-        data = _table(hdul, index, ("nrow_b", "ncol_b", "c", "RNROW", "RNCOL", "RROWS"), path)
+        data = _table(hdul, index, ("nrow_b", "ncol_b", "c", "RNROW", "RNCOL", "RROWS"), path,
+                      f"KL PSF of filter {filter}")
         components = []
         for k, row in enumerate(data):
             where = f"HDU {index} ({filter}) component {k}"
@@ -92,6 +95,13 @@ def read_psfield(path: str | Path, filter: str) -> list[KLComponent]:
             basis = pixels.reshape(nrow, ncol)
             basis.flags.writeable = False
             components.append(KLComponent(coeffs=coeffs, basis=basis))
+        shapes = sorted({component.basis.shape for component in components})
+        if len(shapes) != 1:
+            raise InputError(f"{path}: HDU {index} ({filter}): KL basis images differ in shape: {shapes}")
+        nrow, ncol = shapes[0]
+        if nrow % 2 == 0 or ncol % 2 == 0 or min(nrow, ncol) < MIN_BASIS_SIZE:
+            raise InputError(f"{path}: HDU {index} ({filter}): KL basis images of {nrow} x {ncol}, expected odd "
+                             f"sizes of at least {MIN_BASIS_SIZE}")
         return components
 
 
@@ -111,11 +121,16 @@ def read_psfield_stats(path: str | Path, filter: str) -> PsFieldStats:
     }
     with open_fits(path, "psField") as hdul:
         _check_filters(hdul, path)
-        row = _table(hdul, STATS_HDU, tuple(columns.values()), path)[0]
+        row = _table(hdul, STATS_HDU, tuple(columns.values()), path, "PSF statistics")[0]
         values = {}
         for attribute, column in columns.items():
             array = np.asarray(row[column], dtype=np.float64).reshape(-1)
             if array.size != len(FILTERS) or not np.isfinite(array[i]):
                 raise InputError(f"{path}: HDU {STATS_HDU} column {column}[{filter}] missing or not finite")
             values[attribute] = float(array[i])
+        for attribute in POSITIVE_STATS + NON_NEGATIVE_STATS:
+            limit_ok = values[attribute] > 0 if attribute in POSITIVE_STATS else values[attribute] >= 0
+            if not limit_ok:
+                raise InputError(f"{path}: HDU {STATS_HDU} {columns[attribute]}[{filter}] = {values[attribute]} is "
+                                 f"{'not positive' if attribute in POSITIVE_STATS else 'negative'}")
         return PsFieldStats(**values)

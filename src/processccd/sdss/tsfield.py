@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from processccd.errors import DataIdError, InputError
-from processccd.sdss import open_fits
+from processccd.sdss import header_number, header_text, open_fits, table_hdu
 
 FILTERS = ("u", "g", "r", "i", "z")
 SDSS_EXPTIME = 53.907456  # s, drift-scan exposure time of every SDSS frame
@@ -71,7 +71,7 @@ _COLUMNS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray] | None, str]] 
     "kk": ("kk", np.isfinite, "finite"),
     "airmass": ("airmass", lambda v: np.isfinite(v) & (v >= 1), ">= 1"),
     "mjd": ("mjd", np.isfinite, "finite"),
-    "saturation_level": ("saturation_level", lambda v: v > 0, "positive"),
+    "saturation_level": ("saturation_level", lambda v: np.isfinite(v) & (v > 0), "positive"),
     "sky": ("sky", None, ""),
     "psf_width": ("psf_width", None, ""),
     "neff_psf": ("neff_psf", None, ""),
@@ -83,19 +83,21 @@ def read_tsfield(path: str | Path) -> TsField:
     path = Path(path)
     with open_fits(path, "tsField") as hdul:
         header = hdul[0].header
-        for key in ("RUN", "CAMCOL"):
-            if key not in header:
-                raise InputError(f"{path}: keyword {key} missing from the primary header")
-        filters = tuple(str(header.get("FILTERS", "u g r i z")).split())
+        run = header_number(header, "RUN", path, "the primary header", int)
+        camcol = header_number(header, "CAMCOL", path, "the primary header", int)
+        filters = tuple(header_text(header, "FILTERS", path, "the primary header", " ".join(FILTERS)).split())
         if filters != FILTERS:
             raise InputError(f"{path}: FILTERS is {' '.join(filters)!r}, expected 'u g r i z'")
-        data = hdul[1].data if len(hdul) > 1 else None
+        data = table_hdu(hdul, 1, path, "field table").data
         if data is None or len(data) != 1:
             raise InputError(f"{path}: HDU 1 must hold exactly one field row")
         missing = [name for name in ("field", "quality", *_COLUMNS) if name not in data.columns.names]
         if missing:
             raise InputError(f"{path}: columns {', '.join(missing)} missing from HDU 1")
         row = data[0]
+        for column in ("field", "quality"):
+            if np.asarray(row[column]).dtype.kind not in "iu" or np.asarray(row[column]).size != 1:
+                raise InputError(f"{path}: column {column} of HDU 1 is not one integer")
         arrays: dict[str, np.ndarray] = {}
         for column, (attribute, is_valid, meaning) in _COLUMNS.items():
             values = np.array(row[column], dtype=np.float64).reshape(-1)
@@ -108,8 +110,8 @@ def read_tsfield(path: str | Path) -> TsField:
             values.flags.writeable = False
             arrays[attribute] = values
         return TsField(
-            run=int(header["RUN"]),
-            camcol=int(header["CAMCOL"]),
+            run=run,
+            camcol=camcol,
             field=int(row["field"]),
             quality=int(row["quality"]),
             **arrays,
