@@ -318,6 +318,9 @@ def detect_sources(
 
     threshold = config.threshold * clipped_stdev(smoothed) if config.threshold_type == "stdev" else config.threshold
     include_level = config.include_multiplier * threshold
+    if not threshold > 0:  # a noiseless (e.g. constant) image: nothing is significant
+        logging.getLogger(logger_name).warning("threshold %g is not positive (no noise): nothing detected", threshold)
+        threshold = include_level = np.inf
 
     pixels = _label_pixels(smoothed >= float32_at_least(threshold))
     footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, image.shape, border)
