@@ -74,6 +74,13 @@ def test_invalid_values_rejected(tmp_path: Path, column: str, values: list[float
     assert str(path) in str(info.value)
 
 
+def test_only_the_requested_filter_must_be_valid(tmp_path: Path) -> None:
+    path = write_tsfield(tmp_path / "ts.fit", gain=[1.6, 0.0, 4.76, 4.885, 4.775])
+    assert read_tsfield(path, "u").gain[0] == pytest.approx(1.6)
+    with pytest.raises(InputError, match=r"gain\[g\]"):
+        read_tsfield(path, "g")
+
+
 def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot read"):
         read_tsfield(tmp_path / "missing.fit")

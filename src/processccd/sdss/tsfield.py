@@ -78,8 +78,12 @@ _COLUMNS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray] | None, str]] 
 }
 
 
-def read_tsfield(path: str | Path) -> TsField:
-    """Read the one-field tsField file at `path`."""
+def read_tsfield(path: str | Path, filter: str | None = None) -> TsField:
+    """Read the one-field tsField file at `path`.
+
+    Every filter's calibration must be valid, or only `filter`'s when given (so that a bad value in
+    one filter does not stop the frames of the others).
+    """
     path = Path(path)
     with open_fits(path, "tsField") as hdul:
         header = hdul[0].header
@@ -104,6 +108,8 @@ def read_tsfield(path: str | Path) -> TsField:
             if values.size != len(FILTERS):
                 raise InputError(f"{path}: column {column} holds {values.size} values, expected 5")
             bad = np.zeros(values.size, dtype=bool) if is_valid is None else ~is_valid(values)
+            if filter is not None:  # only the frame's own filter has to be usable
+                bad &= np.arange(values.size) == filter_index(filter)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise InputError(f"{path}: {column}[{FILTERS[i]}] = {values[i]} is not {meaning}")
