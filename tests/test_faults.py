@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.table import Table
 
 from fault_data import CORRUPT_FILE, CORRUPTIONS, FIELD_WIDE, constant_fpc, mirror_input
 from processccd.butler import Butler
@@ -74,6 +76,10 @@ CASES |= {
     "fpC flat 100-DN sky": Case([], 0, succeeded=(U, Z)),
     "fpC constant 1000 DN": Case([], 0, succeeded=(U, Z)),
     "fpC all zeros": Case([], 0, succeeded=(U, Z)),
+    # calibration degrades (warning, tsField zero point kept, aperture correction 1) instead of failing
+    "reference catalogue missing": Case(["--config", "calibrate.reference_catalog.path=no-such-stars.fits"], 0,
+                                        succeeded=(U, Z)),
+    "reference catalogue empty": Case([], 0, succeeded=(U, Z)),
     "--id unknown key": id_case(["run=4192", "colour=u"], "colour"),
     "--id non-integer": id_case(["run=4192", "field=three"], "three"),
     "--id filter x": id_case(["run=4192", "filter=x"], "'x'"),
@@ -90,7 +96,7 @@ def _command(input_repo: Path, output: Path, case: Case) -> list[str]:
             "--output", str(output), "-j", "1"]
     for words in case.ids:
         args += ["--id", *words]
-    return args
+    return args + case.args
 
 
 def _prepare(name: str, case: Case, root: Path, demo_input: Path) -> tuple[list[str], Path]:
@@ -106,6 +112,11 @@ def _prepare(name: str, case: Case, root: Path, demo_input: Path) -> tuple[list[
     if name in FPC_VALUES:
         constant_fpc(repo, FPC_VALUES[name])
 
+    if name == "reference catalogue empty":
+        empty = root / "empty-stars.fits"
+        columns = {name: np.zeros(0) for name in ("ra", "dec", "u", "z", "u_err", "z_err")}
+        fits.BinTableHDU(Table({"id": np.zeros(0, int), "starnotgal": np.zeros(0, int), **columns})).writeto(empty)
+        case.args += ["--config", f"calibrate.reference_catalog.path={empty}"]
     if name == "output not writable":
         (root / "a-regular-file").write_text("not a directory\n")
         output = root / "a-regular-file" / "output"
@@ -153,6 +164,16 @@ def assert_no_temporaries(output: Path) -> None:
         return
     leftovers = [p for p in output.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert not leftovers, f"temporary or hidden files left: {leftovers}"
+
+
+@pytest.mark.parametrize("name", ["reference catalogue missing", "reference catalogue empty"])
+def test_calibration_without_reference_stars_keeps_the_tsfield_zero_point(name: str,
+                                                                          outcomes: dict[str, Outcome]) -> None:
+    outcome = outcomes[name]
+    assert "WARNING" in outcome.stderr or "warning" in outcome.stderr.lower(), outcome.stderr[-2000:]
+    with fits.open(Butler(outcome.output, outcome.output).path("calexp", U)) as hdul:
+        assert hdul[0].header["ZPSOURCE"] == "tsField"
+        assert hdul[0].header["MAGZERO"] == pytest.approx(27.5075, abs=1e-3)
 
 
 @pytest.mark.parametrize("name", [name for name in CASES if name not in FPC_VALUES])

@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 
 from processccd import __version__
 from processccd.dataid import DataId
+from processccd.logs import configure_task_logging
 
 log = logging.getLogger("processCcd")
 
@@ -178,7 +178,7 @@ def peak_rss_mb() -> float:
 def _init_worker(log_level: int) -> None:
     """Process-pool worker set-up: ignore SIGINT (the client stops cleanly), log like the client."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(name)s: %(message)s", stream=sys.stderr, force=True)
+    configure_task_logging(log_level)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 

@@ -18,6 +18,7 @@ import click
 
 from processccd.cli.args import join_id_tokens
 from processccd.errors import DataIdError, OutputError, ProcessCcdError
+from processccd.logs import configure_task_logging
 
 EXIT_INTERRUPTED = 130
 RUN_LOGGER = "processCcd.run"
@@ -34,8 +35,7 @@ class _ProgressFilter(logging.Filter):
 
 def configure_logging(verbose: bool, progress_bar: bool = False) -> None:
     """LSST-style task log lines on stderr: `processCcd.calibrate.detection: Detected ...`."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    configure_task_logging(logging.DEBUG if verbose else logging.INFO)
     if progress_bar and not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_ProgressFilter())
