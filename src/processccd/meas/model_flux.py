@@ -17,15 +17,21 @@ Fit (per profile): pixels = ungrown footprint grown by 5 px (disk) U the initial
 BAD|SAT|INTRP|CR pixels; constant weight 1/sqrt(mean variance); nonlinear Levenberg-Marquardt fit of the
 ellipse (conformal shear eta1, eta2, log determinant radius) with the amplitude solved linearly at each
 step; then F = (m.d)/(m.m), E = 1/|m| with m the weighted PSF-convolved unit-flux model.
+
+Implementation: each LM evaluation computes the Gaussians once, the model and its ellipse derivatives with
+one matrix product (the ellipse Jacobian folded into per-Gaussian coefficients), and reduces the pixels to
+the 5 x 5 Gram matrix of (model, derivatives, data), from which the variable-projection Hessian and gradient
+follow exactly; the LM itself runs on Python floats. Pixels are processed in blocks of PIXEL_BLOCK so the
+BLAS calls stay single-threaded.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from processccd.psf import Psf
 
@@ -150,32 +156,34 @@ class FitRegionError(Exception):
 
 # ---------------------------------------------------------------------------------------------- ellipses
 
+Ellipse = tuple[float, float, float]  # (Qxx, Qxy, Qyy)
 
-def _ellipse_from_parameters(p: np.ndarray) -> np.ndarray:
-    """Quadrupole (2x2) from (eta1, eta2, ln r): r^2 times the unit-determinant matrix exp(eta . sigma)
+
+def _ellipse_from_parameters(p: Sequence[float]) -> Ellipse:
+    """Quadrupole (Qxx, Qxy, Qyy) from (eta1, eta2, ln r): r^2 times the unit-determinant matrix exp(eta . sigma)
     (conformal shear eta, axis ratio exp(-|eta|); r the determinant radius)."""
     eta1, eta2, log_r = p
     eta = math.hypot(eta1, eta2)
     r2 = math.exp(2.0 * log_r)
     if eta < 1e-12:
-        return np.array([[r2, 0.0], [0.0, r2]])
+        return r2, 0.0, r2
     c, s = math.cosh(eta), math.sinh(eta) / eta
-    return r2 * np.array([[c + s * eta1, s * eta2], [s * eta2, c - s * eta1]])
+    return r2 * (c + s * eta1), r2 * (s * eta2), r2 * (c - s * eta1)
 
 
-def _parameters_from_ellipse(q: np.ndarray) -> np.ndarray:
-    """Inverse of `_ellipse_from_parameters`."""
+def _parameters_from_ellipse(q: np.ndarray) -> list[float]:
+    """Inverse of `_ellipse_from_parameters` (q a 2x2 matrix)."""
     r2 = math.sqrt(q[0, 0] * q[1, 1] - q[0, 1] ** 2)
     m = q / r2
     eta = math.acosh(max(0.5 * (m[0, 0] + m[1, 1]), 1.0))
     if eta < 1e-12:
-        return np.array([0.0, 0.0, 0.5 * math.log(r2)])
+        return [0.0, 0.0, 0.5 * math.log(r2)]
     s = math.sinh(eta) / eta
-    return np.array([0.5 * (m[0, 0] - m[1, 1]) / s, m[0, 1] / s, 0.5 * math.log(r2)])
+    return [float(0.5 * (m[0, 0] - m[1, 1]) / s), float(m[0, 1] / s), 0.5 * math.log(r2)]
 
 
-def _ellipse_jacobian(p: np.ndarray) -> np.ndarray:
-    """d(Qxx, Qxy, Qyy)/d(eta1, eta2, ln r), (3, 3)."""
+def _ellipse_jacobian(p: Sequence[float]) -> tuple[tuple[float, float, float], ...]:
+    """d(Qxx, Qxy, Qyy)/d(eta1, eta2, ln r) as rows Qxx, Qxy, Qyy of derivatives by eta1, eta2, ln r."""
     eta1, eta2, log_r = p
     eta = math.hypot(eta1, eta2)
     r2 = math.exp(2.0 * log_r)
@@ -185,11 +193,13 @@ def _ellipse_jacobian(p: np.ndarray) -> np.ndarray:
         c, s = math.cosh(eta), math.sinh(eta) / eta
         ds = (c - s) / (eta * eta)
     ds1, ds2 = ds * eta1, ds * eta2  # d s / d eta_i
-    return r2 * np.array([
-        [s * eta1 + ds1 * eta1 + s, s * eta2 + ds2 * eta1, 2.0 * (c + s * eta1)],
-        [ds1 * eta2, ds2 * eta2 + s, 2.0 * s * eta2],
-        [s * eta1 - ds1 * eta1 - s, s * eta2 - ds2 * eta1, 2.0 * (c - s * eta1)],
-    ])
+    return ((r2 * (s * eta1 + ds1 * eta1 + s), r2 * (s * eta2 + ds2 * eta1), r2 * (2.0 * (c + s * eta1))),
+            (r2 * (ds1 * eta2), r2 * (ds2 * eta2 + s), r2 * (2.0 * s * eta2)),
+            (r2 * (s * eta1 - ds1 * eta1 - s), r2 * (s * eta2 - ds2 * eta1), r2 * (2.0 * (c - s * eta1))))
+
+
+def _matrix(q: Ellipse) -> np.ndarray:
+    return np.array([[q[0], q[1]], [q[1], q[2]]])
 
 
 def _trace_radius(q: np.ndarray) -> float:
@@ -230,35 +240,143 @@ class _GaussianSet:
                          (uy * uy - self.iyy) * g], axis=1)
 
 
-def _quadratic_terms(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """(4, N): dx^2, 2 dx dy, dy^2, 1 (the pixel-side factors of every Gaussian quadratic form)."""
-    return np.stack([dx * dx, 2.0 * dx * dy, dy * dy, np.ones_like(dx)])
+def _inverse_covariances(covariances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 3) rows (Cxx, Cxy, Cyy) -> (K, 3) rows of C^-1 (same layout) and the determinants (K,)."""
+    det = covariances[:, 0] * covariances[:, 2] - covariances[:, 1] * covariances[:, 1]
+    inverses = covariances[:, ::-1] * np.array([1.0, -1.0, 1.0]) / det[:, None]
+    return inverses, det
 
 
-def _mixture_and_derivatives(covariances: np.ndarray, fluxes: np.ndarray, scales: np.ndarray,
-                             quadratic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum_k f_k N_{C_k} at the pixels and its derivatives with respect to the ellipse (Qxx, Qxy, Qyy) when
-    C_k = s_k Q + P_k: (N,), (N, 3). All per-Gaussian work is two matrix products and one exp."""
-    cxx, cxy, cyy = covariances[:, 0, 0], covariances[:, 0, 1], covariances[:, 1, 1]
-    det = cxx * cyy - cxy * cxy
-    ixx, ixy, iyy = cyy / det, -cxy / det, cxx / det
-    exponent = np.stack([ixx, ixy, iyy], axis=1) @ quadratic[:3]
-    gaussians = np.exp(-0.5 * exponent)
-    norm = fluxes / (2.0 * math.pi * np.sqrt(det))
-    ws = norm * scales
-    # rows: model; (ux^2 terms, -ixx) for Cxx; (ux uy terms, -ixy) for Cxy; (uy^2 terms, -iyy) for Cyy
-    coefficients = np.stack([
-        norm,
-        ws * ixx * ixx, ws * ixx * ixy, ws * ixy * ixy, -ws * ixx,
-        ws * ixx * ixy, ws * 0.5 * (ixx * iyy + ixy * ixy), ws * ixy * iyy, -ws * ixy,
-        ws * ixy * ixy, ws * ixy * iyy, ws * iyy * iyy, -ws * iyy,
-    ])
-    sums = coefficients @ gaussians  # (13, N)
-    model = sums[0]
-    d_xx = 0.5 * np.einsum("jn,jn->n", sums[1:5], quadratic)
-    d_xy = np.einsum("jn,jn->n", sums[5:9], quadratic)
-    d_yy = 0.5 * np.einsum("jn,jn->n", sums[9:13], quadratic)
-    return model, np.stack([d_xx, d_xy, d_yy], axis=1)
+PIXEL_BLOCK = 1024  # pixels per block: keeps the BLAS calls single-threaded (and the arrays in cache)
+
+
+def _derivative_map() -> np.ndarray:
+    """(4, 3, 16) map from the products (ixx, ixy, iyy, 1) x (ixx, ixy, iyy, 1) of a Gaussian's inverse
+    covariance to the coefficients of the monomials (dx^2, 2 dx dy, dy^2, 1) in its derivatives with respect
+    to (Qxx, Qxy, Qyy): [monomial, Q entry, product]. From dN/dC = N (u u' - C^-1) / 2 with u = C^-1 r
+    (the off-diagonal Qxy counts twice)."""
+    xx, xy, yy, one = 0, 1, 2, 3
+
+    def product(i: int, j: int) -> int:
+        return 4 * i + j
+
+    terms = np.zeros((4, 3, 16))
+    # Qxx: (ux^2 - ixx) / 2
+    terms[0, 0, product(xx, xx)], terms[1, 0, product(xx, xy)] = 0.5, 0.5
+    terms[2, 0, product(xy, xy)], terms[3, 0, product(xx, one)] = 0.5, -0.5
+    # Qxy: ux uy - ixy
+    terms[0, 1, product(xx, xy)], terms[1, 1, product(xx, yy)], terms[1, 1, product(xy, xy)] = 1.0, 0.5, 0.5
+    terms[2, 1, product(xy, yy)], terms[3, 1, product(xy, one)] = 1.0, -1.0
+    # Qyy: (uy^2 - iyy) / 2
+    terms[0, 2, product(xy, xy)], terms[1, 2, product(xy, yy)] = 0.5, 0.5
+    terms[2, 2, product(yy, yy)], terms[3, 2, product(yy, one)] = 0.5, -0.5
+    return terms
+
+
+_DERIVATIVE_MAP = _derivative_map()
+
+
+class _PixelBlock:
+    """One block of fit pixels: pixel-side factors and the rows computed at each evaluation."""
+
+    def __init__(self, dx: np.ndarray, dy: np.ndarray, data: np.ndarray) -> None:
+        dxdy = dx * dy
+        self.half_quadratic = np.stack([-0.5 * (dx * dx), -dxdy, -0.5 * (dy * dy)])  # -(dx^2, 2 dx dy, dy^2) / 2
+        self.monomials = np.stack([dx * dx, 2.0 * dxdy, dy * dy])[:, None, :]  # (3, 1, n)
+        # rows 0-11: monomial-major coefficients of the 3 derivatives; 12: model; 13-15: d model / d p; 16: data
+        self.rows = np.empty((17, dx.size))
+        self.rows[16] = data
+        self.fit_rows = self.rows[12:]
+
+    def gram(self, inverses: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        """Gaussians, model and derivatives on this block; returns the Gram matrix of (model, D, data)."""
+        rows = self.rows
+        gaussians = inverses.T @ self.half_quadratic
+        np.exp(gaussians, out=gaussians)
+        np.matmul(coefficients, gaussians, out=rows[:13])
+        terms = rows[:9].reshape(3, 3, -1) * self.monomials
+        np.add.reduce(terms, axis=0, out=rows[13:16])
+        rows[13:16] += rows[9:12]
+        return self.fit_rows @ self.fit_rows.T
+
+    def residual_squared(self, amplitude: float) -> float:
+        residual = self.rows[12] * amplitude
+        residual -= self.rows[16]
+        return float(residual @ residual)
+
+
+class _EllipseProblem:
+    """Weighted data d fitted by A * sum_k f_k N(s_k Q + P_k) over the ellipse parameters p of Q
+    (`_ellipse_from_parameters`), with the amplitude A solved linearly at every p (variable projection).
+
+    Per evaluation the pixel-side work is two matrix products and one exp over (K, N) (the Gaussians, then
+    the model and the monomial coefficients of its p-derivatives), one (9, N) multiply-add for the
+    derivatives, the 5 x 5 Gram matrix of (model, derivatives, data) and the residual norm; everything else
+    is (K,)-sized or scalar.
+    """
+
+    def __init__(self, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float, scales: np.ndarray,
+                 offsets: np.ndarray, fluxes: np.ndarray) -> None:
+        self.blocks = [_PixelBlock(dx[start:start + PIXEL_BLOCK], dy[start:start + PIXEL_BLOCK],
+                                   data[start:start + PIXEL_BLOCK]) for start in range(0, max(dx.size, 1), PIXEL_BLOCK)]
+        self.scale_rows = np.tile(scales, (3, 1))  # (3, K)
+        self.signed_offsets = offsets[:, ::-1].T * np.array([[1.0], [-1.0], [1.0]])  # (3, K): Pyy, -Pxy, Pxx
+        self.norm_fluxes = fluxes / (2.0 * math.pi)
+        self.weighted_scales = scales * weight
+        self.weight = weight
+        self.inverses = np.ones((4, scales.size))  # ixx, ixy, iyy, 1
+        self.coefficients = np.empty((13, scales.size))
+
+    def evaluate(self, p: Sequence[float]) -> tuple[float, list[list[float]], list[float], float]:
+        """Cost 0.5 |A m - d|^2, Gauss-Newton Hessian J'J, gradient J'f and amplitude A at p
+        (J the Jacobian of the residuals f = A m - d including dA/dp).
+
+        Raises FloatingPointError when the model vanishes."""
+        qxx, qxy, qyy = _ellipse_from_parameters(p)
+        (j00, j01, j02), (j10, j11, j12), (j20, j21, j22) = _ellipse_jacobian(p)
+        adjugate = self.scale_rows * np.array(((qyy,), (-qxy,), (qxx,)))  # (Cyy, -Cxy, Cxx) of every Gaussian
+        adjugate += self.signed_offsets
+        cyy, minus_cxy, cxx = adjugate
+        det = cxx * cyy
+        det -= minus_cxy * minus_cxy
+        inverses = self.inverses
+        np.divide(adjugate, det, out=inverses[:3])
+        norm = self.norm_fluxes / np.sqrt(det)
+        products = (inverses[:, None, :] * inverses[None, :, :]).reshape(16, -1)
+        # d/dp_b = sum_a dQ_a/dp_b d/dQ_a: the ellipse Jacobian folded into the coefficient map
+        chain = np.matmul(np.array(((j00, j10, j20), (j01, j11, j21), (j02, j12, j22))), _DERIVATIVE_MAP)
+        coefficients = self.coefficients
+        np.matmul(chain.reshape(12, 16), products, out=coefficients[:12])
+        coefficients[:12] *= norm * self.weighted_scales
+        np.multiply(norm, self.weight, out=coefficients[12])
+        blocks = self.blocks
+        gram_matrix = blocks[0].gram(inverses[:3], coefficients)
+        for block in blocks[1:]:
+            gram_matrix += block.gram(inverses[:3], coefficients)
+        (mm, m1, m2, m3, md), (_, g11, g12, g13, d1), (_, _, g22, g23, d2), (_, _, _, g33, d3), _ = \
+            gram_matrix.tolist()
+        if not mm > 0:
+            raise FloatingPointError("empty model")
+        amplitude = md / mm
+        residual_squared = blocks[0].residual_squared(amplitude)
+        for block in blocks[1:]:
+            residual_squared += block.residual_squared(amplitude)
+        # J = A D + m dA' with dA = (D.d - 2 A D.m) / m.m (rows D = dm/dp); J'J and J'f from the Gram matrix
+        a2 = amplitude * amplitude
+        e1 = (d1 - 2.0 * amplitude * m1) / mm
+        e2 = (d2 - 2.0 * amplitude * m2) / mm
+        e3 = (d3 - 2.0 * amplitude * m3) / mm
+        h11 = a2 * g11 + 2.0 * amplitude * m1 * e1 + mm * e1 * e1
+        h22 = a2 * g22 + 2.0 * amplitude * m2 * e2 + mm * e2 * e2
+        h33 = a2 * g33 + 2.0 * amplitude * m3 * e3 + mm * e3 * e3
+        h12 = a2 * g12 + amplitude * (m1 * e2 + e1 * m2) + mm * e1 * e2
+        h13 = a2 * g13 + amplitude * (m1 * e3 + e1 * m3) + mm * e1 * e3
+        h23 = a2 * g23 + amplitude * (m2 * e3 + e2 * m3) + mm * e2 * e3
+        residual_model = amplitude * mm - md  # m.f, zero up to rounding
+        gradient = [amplitude * (amplitude * m1 - d1) + e1 * residual_model,
+                    amplitude * (amplitude * m2 - d2) + e2 * residual_model,
+                    amplitude * (amplitude * m3 - d3) + e3 * residual_model]
+        return 0.5 * residual_squared, [[h11, h12, h13], [h12, h22, h23], [h13, h23, h33]], gradient, amplitude
 
 
 # --------------------------------------------------------------------------------------------- optimiser
@@ -266,56 +384,66 @@ def _mixture_and_derivatives(covariances: np.ndarray, fluxes: np.ndarray, scales
 
 @dataclass
 class _FitOutcome:
-    parameters: np.ndarray
+    parameters: list[float]
     amplitude: float
     max_iter: bool
 
 
-def _variable_projection(model_and_jacobian, data: np.ndarray, p: np.ndarray) -> tuple:
-    """Residuals f = A m - d with the best linear amplitude A, and the full Jacobian of f."""
-    model, dmodel = model_and_jacobian(p)  # (N,), (N, 3)
-    norm2 = float(model @ model)
-    if not norm2 > 0:
-        raise FloatingPointError("empty model")
-    amplitude = float(model @ data) / norm2
-    residual = amplitude * model - data
-    damplitude = (dmodel.T @ (data - 2.0 * amplitude * model)) / norm2
-    jacobian = amplitude * dmodel + np.outer(model, damplitude)
-    return residual, jacobian, amplitude
+def _solve_damped(hessian: list[list[float]], mu: float, gradient: list[float]) -> tuple[float, float, float]:
+    """Solution s of (H + mu I) s = -g for the symmetric 3 x 3 H (LDL'); LinAlgError if a pivot is exactly 0."""
+    (h00, h01, h02), (_, h11, h12), (_, _, h22) = hessian
+    d0 = h00 + mu
+    if d0 == 0.0:
+        raise np.linalg.LinAlgError("Singular matrix")
+    l10, l20 = h01 / d0, h02 / d0
+    d1 = h11 + mu - l10 * h01
+    if d1 == 0.0:
+        raise np.linalg.LinAlgError("Singular matrix")
+    c21 = h12 - l20 * h01
+    l21 = c21 / d1
+    d2 = h22 + mu - l20 * h02 - l21 * c21
+    if d2 == 0.0:
+        raise np.linalg.LinAlgError("Singular matrix")
+    y0 = -gradient[0]
+    y1 = -gradient[1] - l10 * y0
+    y2 = -gradient[2] - l20 * y0 - l21 * y1
+    s2 = y2 / d2
+    s1 = y1 / d1 - l21 * s2
+    return y0 / d0 - l10 * s1 - l20 * s2, s1, s2
 
 
-def _levenberg_marquardt(model_and_jacobian, data: np.ndarray, p0: np.ndarray, lower: np.ndarray,
-                         upper: np.ndarray, tau: float, gtol: float, max_iterations: int) -> _FitOutcome:
-    """Levenberg-Marquardt (Nielsen damping) on the variable-projection residuals, box-clipped."""
-    p = np.clip(p0, lower, upper)
-    f, jac, amplitude = _variable_projection(model_and_jacobian, data, p)
-    cost = 0.5 * float(f @ f)
-    hessian, gradient = jac.T @ jac, jac.T @ f
+def _levenberg_marquardt(problem: _EllipseProblem, p0: Sequence[float], lower: Sequence[float],
+                         upper: Sequence[float], tau: float, gtol: float, max_iterations: int) -> _FitOutcome:
+    """Levenberg-Marquardt (Nielsen damping) on the variable-projection residuals, box-clipped (NaN propagates
+    through the clipping as in np.clip)."""
+    (lo0, lo1, lo2), (up0, up1, up2) = lower, upper
+    p = [min(max(p0[0], lo0), up0), min(max(p0[1], lo1), up1), min(max(p0[2], lo2), up2)]
+    cost, hessian, gradient, amplitude = problem.evaluate(p)
     mu = tau * float(np.max(np.diag(hessian)))
     nu = 2.0
     for _ in range(max_iterations):
-        if float(np.max(np.abs(gradient))) <= gtol:
+        g0, g1, g2 = gradient
+        if abs(g0) <= gtol and abs(g1) <= gtol and abs(g2) <= gtol:
             return _FitOutcome(p, amplitude, False)
         try:
-            step = np.linalg.solve(hessian + mu * np.eye(3), -gradient)
+            s0, s1, s2 = _solve_damped(hessian, mu, gradient)
         except np.linalg.LinAlgError:
             return _FitOutcome(p, amplitude, False)
-        p_new = np.clip(p + step, lower, upper)
-        step = p_new - p
-        if float(np.linalg.norm(step)) <= 1e-8 * (float(np.linalg.norm(p)) + 1e-8):
+        p_new = [min(max(p[0] + s0, lo0), up0), min(max(p[1] + s1, lo1), up1), min(max(p[2] + s2, lo2), up2)]
+        s0, s1, s2 = p_new[0] - p[0], p_new[1] - p[1], p_new[2] - p[2]
+        if math.sqrt(s0 * s0 + s1 * s1 + s2 * s2) <= 1e-8 * (math.sqrt(p[0] * p[0] + p[1] * p[1] + p[2] * p[2])
+                                                             + 1e-8):
             return _FitOutcome(p, amplitude, False)
         try:
-            f_new, jac_new, amplitude_new = _variable_projection(model_and_jacobian, data, p_new)
+            cost_new, hessian_new, gradient_new, amplitude_new = problem.evaluate(p_new)
         except FloatingPointError:
             mu *= nu
             nu *= 2.0
             continue
-        cost_new = 0.5 * float(f_new @ f_new)
-        predicted = 0.5 * float(step @ (mu * step - gradient))
+        predicted = 0.5 * (s0 * (mu * s0 - g0) + s1 * (mu * s1 - g1) + s2 * (mu * s2 - g2))
         rho = (cost - cost_new) / predicted if predicted > 0 else -1.0
         if rho > 0:
-            p, f, jac, amplitude, cost = p_new, f_new, jac_new, amplitude_new, cost_new
-            hessian, gradient = jac.T @ jac, jac.T @ f
+            p, hessian, gradient, amplitude, cost = p_new, hessian_new, gradient_new, amplitude_new, cost_new
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
         else:
@@ -343,29 +471,20 @@ def fit_psf_model(psf: Psf, x: float, y: float, config: ModelFluxConfig | None =
     ratio2 = config.psf_radius_ratio**2
     scales = np.array([1.0, ratio2])
     fluxes = np.array([1.0, config.psf_peak_ratio * ratio2])
-
-    quadratic = _quadratic_terms(dx, dy)
-
-    def model_and_jacobian(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        model, dq = _mixture_and_derivatives(scales[:, None, None] * _ellipse_from_parameters(p), fluxes, scales,
-                                             quadratic)
-        return model, dq @ _ellipse_jacobian(p)
-
+    problem = _EllipseProblem(dx, dy, data, 1.0, scales, np.zeros((2, 3)), fluxes)
     eta_max = -math.log(config.psf_min_axis_ratio)
-    lower = np.array([-eta_max, -eta_max, math.log(config.psf_min_radius)])
-    upper = np.array([eta_max, eta_max, MAX_LOG_RADIUS])
-    p0 = np.array([0.0, 0.0, math.log(config.psf_initial_radius)])
-    outcome = _levenberg_marquardt(model_and_jacobian, data, p0, lower, upper, config.psf_tau,
-                                   config.psf_gradient_tolerance, config.max_iterations)
-    inner = _ellipse_from_parameters(outcome.parameters)
+    lower = [-eta_max, -eta_max, math.log(config.psf_min_radius)]
+    upper = [eta_max, eta_max, MAX_LOG_RADIUS]
+    p0 = [0.0, 0.0, math.log(config.psf_initial_radius)]
+    outcome = _levenberg_marquardt(problem, p0, lower, upper, config.psf_tau, config.psf_gradient_tolerance,
+                                   config.max_iterations)
+    inner = _matrix(_ellipse_from_parameters(outcome.parameters))
     covariances = np.stack([inner, ratio2 * inner])
-    gaussians = _GaussianSet(covariances, dx, dy)
-    basis = gaussians.derivative_basis()  # (2, 6, N)
     if not config.use_shapelet_terms:
         coefficients = np.zeros((2, DERIVATIVE_TERMS))
         coefficients[:, 0] = outcome.amplitude * fluxes
     else:
-        design = basis.reshape(2 * DERIVATIVE_TERMS, -1)
+        design = _GaussianSet(covariances, dx, dy).derivative_basis().reshape(2 * DERIVATIVE_TERMS, -1)
         coefficients = np.linalg.solve(design @ design.T, design @ data).reshape(2, DERIVATIVE_TERMS)
     # order-0 Gauss-Hermite coefficient of each expansion, as a flux: 2 * integral(f * exp(-r'C^-1 r / 2))
     inverses = np.linalg.inv(covariances)
@@ -396,43 +515,63 @@ def _ellipse_pixels(q: np.ndarray, x: float, y: float, scale: float) -> tuple[np
         raise FitRegionError("ellipse too large")
     xs = np.arange(math.ceil(x - half_x), math.floor(x + half_x) + 1)
     ys = np.arange(math.ceil(y - half_y), math.floor(y + half_y) + 1)
-    gy, gx = np.meshgrid(ys, xs, indexing="ij")
     inv = np.linalg.inv(qs)
-    ddx, ddy = gx - x, gy - y
+    ddx, ddy = xs - x, (ys - y)[:, None]
     inside = inv[0, 0] * ddx * ddx + 2.0 * inv[0, 1] * ddx * ddy + inv[1, 1] * ddy * ddy <= 1.0
-    return gy[inside], gx[inside]
+    rows, cols = np.nonzero(inside)
+    return ys[rows], xs[cols]
 
 
-def _disk(radius: int) -> np.ndarray:
-    grid = np.arange(-radius, radius + 1)
-    return grid[:, None] ** 2 + grid[None, :] ** 2 <= radius * radius
-
-
-def _fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, footprint_ys: np.ndarray,
-                footprint_xs: np.ndarray, x: float, y: float, ellipses: list[np.ndarray],
-                config: ModelFluxConfig) -> _FitPixels:
-    """Footprint grown by `grow_footprint` U the ellipses x radius_input_factor, minus bad pixels."""
-    grow = config.grow_footprint
-    region_parts = [_ellipse_pixels(q, x, y, config.radius_input_factor) for q in ellipses]
-    all_ys = np.concatenate([footprint_ys] + [part[0] for part in region_parts])
-    all_xs = np.concatenate([footprint_xs] + [part[1] for part in region_parts])
-    y0, x0 = int(all_ys.min()) - grow, int(all_xs.min()) - grow
-    shape = (int(all_ys.max()) + grow - y0 + 1, int(all_xs.max()) + grow - x0 + 1)
+def _grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of the footprint dilated by a disk of radius `grow` (pixels within Euclidean distance `grow`)."""
+    if footprint_ys.size == 0:
+        return footprint_ys, footprint_xs
+    y0, x0 = int(footprint_ys.min()) - grow, int(footprint_xs.min()) - grow
+    shape = (int(footprint_ys.max()) + grow - y0 + 1, int(footprint_xs.max()) + grow - x0 + 1)
     region = np.zeros(shape, dtype=bool)
     region[footprint_ys - y0, footprint_xs - x0] = True
-    if grow > 0:
-        region = ndimage.binary_dilation(region, structure=_disk(grow))
+    # horizontal dilations by every half-width the disk needs, then the union of their vertical shifts
+    half_widths = [math.isqrt(grow * grow - dy * dy) for dy in range(grow + 1)]
+    horizontal = {0: region}
+    current = region.copy()
+    for width in range(1, grow + 1):
+        current[:, width:] |= region[:, :-width]
+        current[:, :-width] |= region[:, width:]
+        if width in half_widths:
+            horizontal[width] = current.copy()
+    grown = horizontal[half_widths[0]].copy()
+    for dy in range(1, grow + 1):
+        band = horizontal[half_widths[dy]]
+        grown[dy:] |= band[:-dy]
+        grown[:-dy] |= band[dy:]
+    ys, xs = np.nonzero(grown)
+    return ys + y0, xs + x0
+
+
+def _fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
+                grown_xs: np.ndarray, x: float, y: float, ellipses: list[np.ndarray],
+                config: ModelFluxConfig) -> _FitPixels:
+    """Grown footprint (`_grown_footprint`) U the ellipses x radius_input_factor, minus bad pixels."""
+    region_parts = [(grown_ys, grown_xs)] + [_ellipse_pixels(q, x, y, config.radius_input_factor) for q in ellipses]
+    y0 = min(int(part[0].min()) for part in region_parts if part[0].size)
+    x0 = min(int(part[1].min()) for part in region_parts if part[1].size)
+    y1 = max(int(part[0].max()) for part in region_parts if part[0].size)
+    x1 = max(int(part[1].max()) for part in region_parts if part[1].size)
+    region = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=bool)
     for ys, xs in region_parts:
         region[ys - y0, xs - x0] = True
     ys, xs = np.nonzero(region)
-    ys, xs = ys + y0, xs + x0
     height, width = image.shape
-    if ys.min() < 0 or xs.min() < 0 or ys.max() >= height or xs.max() >= width:
+    if y0 < 0 or x0 < 0 or y1 >= height or x1 >= width:
         raise FitRegionError("fit region leaves the image")
+    ys += y0
+    xs += x0
     good = (mask[ys, xs] & config.bad_pixel_bits) == 0
-    if np.count_nonzero(~good) > config.max_bad_pixel_fraction * ys.size:
+    n_good = int(np.count_nonzero(good))
+    if ys.size - n_good > config.max_bad_pixel_fraction * ys.size:
         raise FitRegionError("too many bad pixels")
-    ys, xs = ys[good], xs[good]
+    if n_good < ys.size:
+        ys, xs = ys[good], xs[good]
     mean_variance = float(np.mean(variance[ys, xs], dtype=np.float64))
     if not mean_variance > 0:
         raise FitRegionError("non-positive variance")
@@ -441,55 +580,76 @@ def _fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, footp
     return _FitPixels(xs - x, ys - y, data, weight)
 
 
-def _convolved_covariances(profile: Profile, q: np.ndarray, psf_model: PsfModel) -> np.ndarray:
-    """(G*K, 2, 2): v_g Q + P_k, PSF component major."""
-    return (profile.variances[None, :, None, None] * q[None, None]
-            + psf_model.covariances[:, None]).reshape(-1, 2, 2)
+def _convolved_covariances(profile: Profile, q: Ellipse, psf_model: PsfModel) -> np.ndarray:
+    """(G*K, 3) rows (Cxx, Cxy, Cyy) of v_g Q + P_k, PSF component major."""
+    return profile.variances[:, None] * np.array(q) + _psf_rows(psf_model)[:, None]
 
 
-def _model_vector(profile: Profile, q: np.ndarray, psf_model: PsfModel, dx: np.ndarray, dy: np.ndarray,
+def _psf_rows(psf_model: PsfModel) -> np.ndarray:
+    """(K, 3) rows (Pxx, Pxy, Pyy) of the PSF component covariances."""
+    return psf_model.covariances.reshape(-1, 4)[:, [0, 1, 3]]
+
+
+def _model_vector(profile: Profile, q: Ellipse, psf_model: PsfModel, dx: np.ndarray, dy: np.ndarray,
                   full_psf: bool) -> np.ndarray:
-    """PSF-convolved unit-flux profile of ellipse q at the offsets (full shapelet PSF or Gaussian part)."""
-    gaussians = _GaussianSet(_convolved_covariances(profile, q, psf_model), dx, dy)
+    """PSF-convolved unit-flux profile of ellipse q at the offsets (full shapelet PSF or Gaussian part).
+
+    Every Gaussian-derivative basis function is N_k times a quadratic polynomial of the offsets, so the model
+    is sum_k N_k (c_k . monomials) with per-Gaussian polynomial coefficients c_k."""
+    covariances = _convolved_covariances(profile, q, psf_model).reshape(-1, 3)
+    inverses, det = _inverse_covariances(covariances)
+    norm = 1.0 / (2.0 * math.pi * np.sqrt(det))
     if not full_psf:
-        weights = np.outer(psf_model.gaussian_fluxes, profile.fluxes).ravel()
-        return weights @ gaussians.values
-    weights = (psf_model.coefficients[:, None, :] * profile.fluxes[None, :, None]).reshape(-1, DERIVATIVE_TERMS)
-    basis = gaussians.derivative_basis()  # (G*K, 6, N)
-    return np.einsum("kj,kjn->n", weights, basis)
+        polynomial = (np.outer(psf_model.gaussian_fluxes, profile.fluxes).ravel() * norm)[None, :]
+    else:
+        w = (psf_model.coefficients[:, None, :] * profile.fluxes[None, :, None]).reshape(-1, DERIVATIVE_TERMS).T
+        ixx, ixy, iyy = inverses.T
+        # G, -ux G, -uy G, (ux^2 - ixx) G, (ux uy - ixy) G, (uy^2 - iyy) G with u = C^-1 (dx, dy)
+        polynomial = np.stack([
+            w[0] - w[3] * ixx - w[4] * ixy - w[5] * iyy,
+            -(w[1] * ixx + w[2] * ixy),
+            -(w[1] * ixy + w[2] * iyy),
+            w[3] * ixx * ixx + w[4] * ixx * ixy + w[5] * ixy * ixy,
+            2.0 * w[3] * ixx * ixy + w[4] * (ixx * iyy + ixy * ixy) + 2.0 * w[5] * ixy * iyy,
+            w[3] * ixy * ixy + w[4] * ixy * iyy + w[5] * iyy * iyy,
+        ]) * norm  # (6, K) over monomials 1, dx, dy, dx^2, dx dy, dy^2
+    model = np.empty(dx.size)
+    for start in range(0, dx.size, PIXEL_BLOCK):
+        bx, by = dx[start:start + PIXEL_BLOCK], dy[start:start + PIXEL_BLOCK]
+        gaussians = inverses @ np.stack([-0.5 * (bx * bx), -(bx * by), -0.5 * (by * by)])
+        np.exp(gaussians, out=gaussians)
+        terms = polynomial @ gaussians  # (6 or 1, n): sum_k c_k N_k per monomial
+        if full_psf:
+            terms[1:3] *= (bx, by)
+            terms[3:] *= (bx * bx, bx * by, by * by)
+        np.add.reduce(terms, axis=0, out=model[start:start + PIXEL_BLOCK])
+    return model
 
 
 def _fit_profile(profile: Profile, psf_model: PsfModel, pixels: _FitPixels, q0: np.ndarray,
                  config: ModelFluxConfig) -> ProfileFit:
     """Nonlinear ellipse fit (Gaussian PSF part) then the linear amplitude with the full PSF model."""
-    flux_weights = np.outer(psf_model.gaussian_fluxes, profile.fluxes).ravel()
-    variance_weights = np.tile(profile.variances, psf_model.covariances.shape[0])
-    dx, dy = pixels.dx, pixels.dy
-
-    quadratic = _quadratic_terms(dx, dy)
-
-    def model_and_jacobian(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        covariances = _convolved_covariances(profile, _ellipse_from_parameters(p), psf_model)
-        model, dq = _mixture_and_derivatives(covariances, flux_weights, variance_weights, quadratic)
-        return model * pixels.weight, (dq @ _ellipse_jacobian(p)) * pixels.weight
-
+    n_psf = psf_model.covariances.shape[0]
+    problem = _EllipseProblem(pixels.dx, pixels.dy, pixels.data, pixels.weight, np.tile(profile.variances, n_psf),
+                              np.repeat(_psf_rows(psf_model), profile.variances.size, axis=0),
+                              np.outer(psf_model.gaussian_fluxes, profile.fluxes).ravel())
     eta_max = -math.log(config.min_axis_ratio)
-    lower = np.array([-eta_max, -eta_max, math.log(config.min_radius)])
-    upper = np.array([eta_max, eta_max, MAX_LOG_RADIUS])
+    lower = [-eta_max, -eta_max, math.log(config.min_radius)]
+    upper = [eta_max, eta_max, MAX_LOG_RADIUS]
     try:
-        outcome = _levenberg_marquardt(model_and_jacobian, pixels.data, _parameters_from_ellipse(q0), lower,
-                                       upper, config.tau, config.gradient_tolerance, config.max_iterations)
+        outcome = _levenberg_marquardt(problem, _parameters_from_ellipse(q0), lower, upper, config.tau,
+                                       config.gradient_tolerance, config.max_iterations)
     except FloatingPointError:
         return ProfileFit(n_pixels=pixels.data.size)
     q = _ellipse_from_parameters(outcome.parameters)
-    model = _model_vector(profile, q, psf_model, dx, dy, config.use_shapelet_terms) * pixels.weight
+    model = _model_vector(profile, q, psf_model, pixels.dx, pixels.dy, config.use_shapelet_terms) * pixels.weight
     norm2 = float(model @ model)
     if not norm2 > 0:
         return ProfileFit(n_pixels=pixels.data.size)
     flux = float(model @ pixels.data) / norm2
-    large_area = _area(q) >= pixels.data.size
+    large_area = _area(_matrix(q)) >= pixels.data.size
     return ProfileFit(flux, 1.0 / math.sqrt(norm2), bool(large_area or outcome.max_iter or not math.isfinite(flux)),
-                      (float(q[0, 0]), float(q[0, 1]), float(q[1, 1])), int(pixels.data.size), outcome.max_iter)
+                      q, int(pixels.data.size), outcome.max_iter)
 
 
 def initial_ellipse(profile: Profile, psf_model: PsfModel, ixx: float, ixy: float, iyy: float, shape_ok: bool,
@@ -513,11 +673,11 @@ def initial_ellipse(profile: Profile, psf_model: PsfModel, ixx: float, ixy: floa
     return q
 
 
-def _fit_one(profile: Profile, image: np.ndarray, variance: np.ndarray, mask: np.ndarray, footprint_ys: np.ndarray,
-             footprint_xs: np.ndarray, x: float, y: float, q0: np.ndarray, psf_model: PsfModel,
+def _fit_one(profile: Profile, image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
+             grown_xs: np.ndarray, x: float, y: float, q0: np.ndarray, psf_model: PsfModel,
              config: ModelFluxConfig) -> ProfileFit:
     try:
-        pixels = _fit_pixels(image, variance, mask, footprint_ys, footprint_xs, x, y, [q0], config)
+        pixels = _fit_pixels(image, variance, mask, grown_ys, grown_xs, x, y, [q0], config)
     except FitRegionError:
         return ProfileFit()
     return _fit_profile(profile, psf_model, pixels, q0, config)
@@ -558,22 +718,24 @@ def model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, foot
     """
     config = config or ModelFluxConfig()
     psf_model = psf_model or fit_psf_model(psf, x, y, config)
+    grown_ys, grown_xs = _grown_footprint(np.asarray(footprint_ys), np.asarray(footprint_xs), config.grow_footprint)
     fits = []
     for profile in (EXPONENTIAL, DE_VAUCOULEURS):
         q0 = initial_ellipse(profile, psf_model, ixx, ixy, iyy, shape_ok, config)
-        fits.append(_fit_one(profile, image, variance, mask, footprint_ys, footprint_xs, x, y, q0, psf_model,
-                             config))
+        fits.append(_fit_one(profile, image, variance, mask, grown_ys, grown_xs, x, y, q0, psf_model, config))
     exp_fit, dev_fit = fits
     result = ModelFluxResult(exp_fit, dev_fit)
     if exp_fit.flag or dev_fit.flag or not (math.isfinite(exp_fit.flux) and math.isfinite(dev_fit.flux)):
         return result
-    ellipses = [np.array([[e[0], e[1]], [e[1], e[2]]]) for e in (exp_fit.ellipse, dev_fit.ellipse)]
     try:
-        pixels = _fit_pixels(image, variance, mask, footprint_ys, footprint_xs, x, y, ellipses, config)
+        pixels = _fit_pixels(image, variance, mask, grown_ys, grown_xs, x, y,
+                             [_matrix(exp_fit.ellipse), _matrix(dev_fit.ellipse)], config)
     except FitRegionError:
         return result
-    models = np.stack([_model_vector(profile, q, psf_model, pixels.dx, pixels.dy, config.use_shapelet_terms)
-                       for profile, q in zip((EXPONENTIAL, DE_VAUCOULEURS), ellipses, strict=True)]) * pixels.weight
+    models = np.stack([_model_vector(fit_result_profile, fit_result.ellipse, psf_model, pixels.dx, pixels.dy,
+                                     config.use_shapelet_terms)
+                       for fit_result_profile, fit_result in ((EXPONENTIAL, exp_fit), (DE_VAUCOULEURS, dev_fit))])
+    models *= pixels.weight
     try:
         amplitudes, covariance = _combo_amplitudes(models, pixels.data)
     except np.linalg.LinAlgError:
@@ -595,9 +757,8 @@ def model_flux_psf_factors(psf: Psf, x: float, y: float, config: ModelFluxConfig
     fits = [_fit_profile(profile, psf_model, pixels, q0, config) for profile in (EXPONENTIAL, DE_VAUCOULEURS)]
     combo = math.nan
     if all(math.isfinite(fit.flux) for fit in fits):
-        ellipses = [np.array([[e[0], e[1]], [e[1], e[2]]]) for e in (fit.ellipse for fit in fits)]
-        models = np.stack([_model_vector(profile, q, psf_model, dx, dy, config.use_shapelet_terms)
-                           for profile, q in zip((EXPONENTIAL, DE_VAUCOULEURS), ellipses, strict=True)])
+        models = np.stack([_model_vector(profile, fit.ellipse, psf_model, dx, dy, config.use_shapelet_terms)
+                           for profile, fit in zip((EXPONENTIAL, DE_VAUCOULEURS), fits, strict=True)])
         try:
             amplitudes, covariance = _combo_amplitudes(models, pixels.data)
             combo = _combo_from_amplitudes(amplitudes, covariance, (fits[0], fits[1]))[0]
