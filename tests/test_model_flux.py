@@ -561,3 +561,17 @@ def test_evaluation_matches_reference_derivatives() -> None:
     far = _EllipseProblem(dx + 1e4, dy, data * weight, weight, scales, offsets, fluxes)
     with pytest.raises(FloatingPointError):  # the model underflows to 0 on every pixel
         far.evaluate(list(p))
+
+
+def test_combo_of_indistinguishable_models_is_the_single_profile_result() -> None:
+    from processccd.meas.model_flux import ProfileFit, _combo
+
+    rng = np.random.default_rng(5)
+    model = rng.normal(size=200)
+    singles = (ProfileFit(flux=101.0, flux_err=2.0), ProfileFit(flux=100.0, flux_err=1.5))
+    flux, err = _combo(np.stack([model, model * (1 + 1e-12)]), 100.0 * model, singles)
+    assert (flux, err) == (100.0, 1.5)
+    # distinguishable models: the joint linear fit
+    other = rng.normal(size=200)
+    flux, _ = _combo(np.stack([model, other]), 30.0 * model + 70.0 * other, singles)
+    assert flux == pytest.approx(100.0)

@@ -248,6 +248,7 @@ def _inverse_covariances(covariances: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 PIXEL_BLOCK = 1024  # pixels per block: keeps the BLAS calls single-threaded (and the arrays in cache)
+DEGENERATE_COMBO = 1e-8  # 1 - |cos| of the exp and dev model vectors below which they are one model
 
 
 def _derivative_map() -> np.ndarray:
@@ -683,6 +684,23 @@ def _fit_one(profile: Profile, image: np.ndarray, variance: np.ndarray, mask: np
     return _fit_profile(profile, psf_model, pixels, q0, config)
 
 
+def _combo(models: np.ndarray, data: np.ndarray, singles: tuple[ProfileFit, ProfileFit]) -> tuple[float, float]:
+    """multishapelet.combo (flux, err) from the weighted exp and dev model vectors (2, N) and the data.
+
+    When the two models are indistinguishable (1 - |cos| < DEGENERATE_COMBO: both fits shrank to the
+    PSF), the joint fit is singular; the 2013 solver then returned huge amplitudes of opposite sign and the
+    sign rule kept one single-profile result, so the de Vaucouleurs result is taken directly.
+    """
+    norms = np.linalg.norm(models, axis=1)
+    if 1.0 - abs(float(models[0] @ models[1])) / float(norms[0] * norms[1]) < DEGENERATE_COMBO:
+        return singles[1].flux, singles[1].flux_err
+    try:
+        amplitudes, covariance = _combo_amplitudes(models, data)
+    except np.linalg.LinAlgError:
+        return math.nan, math.nan
+    return _combo_from_amplitudes(amplitudes, covariance, singles)
+
+
 def _combo_amplitudes(models: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Joint linear least squares of data on the rows of `models` (2, N): solution and covariance."""
     normal = models @ models.T
@@ -736,11 +754,7 @@ def model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, foot
                                      config.use_shapelet_terms)
                        for fit_result_profile, fit_result in ((EXPONENTIAL, exp_fit), (DE_VAUCOULEURS, dev_fit))])
     models *= pixels.weight
-    try:
-        amplitudes, covariance = _combo_amplitudes(models, pixels.data)
-    except np.linalg.LinAlgError:
-        return result
-    flux, err = _combo_from_amplitudes(amplitudes, covariance, (exp_fit, dev_fit))
+    flux, err = _combo(models, pixels.data, (exp_fit, dev_fit))
     return ModelFluxResult(exp_fit, dev_fit, flux, err, not math.isfinite(flux))
 
 
@@ -759,11 +773,7 @@ def model_flux_psf_factors(psf: Psf, x: float, y: float, config: ModelFluxConfig
     if all(math.isfinite(fit.flux) for fit in fits):
         models = np.stack([_model_vector(profile, fit.ellipse, psf_model, dx, dy, config.use_shapelet_terms)
                            for profile, fit in zip((EXPONENTIAL, DE_VAUCOULEURS), fits, strict=True)])
-        try:
-            amplitudes, covariance = _combo_amplitudes(models, pixels.data)
-            combo = _combo_from_amplitudes(amplitudes, covariance, (fits[0], fits[1]))[0]
-        except np.linalg.LinAlgError:
-            combo = math.nan
+        combo = _combo(models, pixels.data, (fits[0], fits[1]))[0]
     return ModelFluxPsfFactors(fits[0].flux, fits[1].flux, combo)
 
 
