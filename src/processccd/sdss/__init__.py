@@ -16,12 +16,14 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 
 from processccd.errors import InputError
 
+READ_BLOCK = 1 << 22  # 4 MiB
 MAX_FITS_BYTES = 1 << 28  # 256 MiB: no SDSS input comes near; a larger (or decompressed) file is refused
 FITS_BLOCK = 2880
 FITS_CARD = 80
@@ -46,6 +48,19 @@ FITS_READ_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _read_bounded(stream: BinaryIO) -> bytes:
+    """At most MAX_FITS_BYTES + 1 bytes of `stream`, read in blocks (read(n) would allocate n bytes at once)."""
+    blocks = []
+    size = 0
+    while size <= MAX_FITS_BYTES:
+        block = stream.read(READ_BLOCK)
+        if not block:
+            break
+        blocks.append(block)
+        size += len(block)
+    return b"".join(blocks)
+
+
 def _read_bytes(path: Path, kind: str) -> bytes:
     """The bytes of the FITS file at `path`, gunzipped if it is gzip-compressed, at most MAX_FITS_BYTES."""
     try:
@@ -54,9 +69,9 @@ def _read_bytes(path: Path, kind: str) -> bytes:
             stream.seek(0)
             if compressed:
                 with gzip.GzipFile(fileobj=stream) as unzipped:
-                    raw = unzipped.read(MAX_FITS_BYTES + 1)
+                    raw = _read_bounded(unzipped)
             else:
-                raw = stream.read(MAX_FITS_BYTES + 1)
+                raw = _read_bounded(stream)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: cannot read {kind} file ({type(exc).__name__}: {exc})") from exc
     if len(raw) > MAX_FITS_BYTES:
