@@ -191,7 +191,7 @@ def test_failed_shape_starts_from_half_psf_ellipse() -> None:
 
 def test_cache_factors_match_direct_fit() -> None:
     psf = EllipticalGaussianPsf(2.0, 0.2, 1.5)
-    cache = PsfModelCache(psf, cell_size=64)
+    cache = PsfModelCache(psf, ModelFluxConfig(psf_factor_cell_size=256))
     direct = model_flux_psf_factors(psf, 100.3, 80.8)
     cached = cache.factors(100.3, 80.8)
     assert cached.exp == pytest.approx(direct.exp, rel=3e-3)  # sub-pixel phase effects of the Lanczos shift

@@ -95,6 +95,10 @@ class ModelFluxConfig:
     psf_tau: float = 1e-6
     psf_gradient_tolerance: float = 1e-6
     use_shapelet_terms: bool = True  # False: the PSF is the plain double Gaussian (for comparisons)
+    # PSF factors p_X / p_psf are fitted once per cell of this size (pixels) and rescaled by the exact p_psf at
+    # each source (2013 fitted them per source). Measured on 6377 i, 40 random positions: max deviation from
+    # the per-source fit 4.8e-4 with 64-px cells, 4.1e-4 with 256-px cells (the sub-pixel phase dominates).
+    psf_factor_cell_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -786,10 +790,10 @@ class PsfModelCache:
     ratios by the exact p_psf at the source.
     """
 
-    def __init__(self, psf: Psf, config: ModelFluxConfig | None = None, cell_size: int = 64) -> None:
+    def __init__(self, psf: Psf, config: ModelFluxConfig | None = None) -> None:
         self.psf = psf
         self.config = config or ModelFluxConfig()
-        self.cell_size = cell_size
+        self.cell_size = self.config.psf_factor_cell_size
         self._entries: dict[tuple[int, int], tuple[PsfModel, np.ndarray]] = {}
 
     def _entry(self, x: float, y: float) -> tuple[PsfModel, np.ndarray]:
