@@ -22,17 +22,11 @@ from processccd.background import (
     float32_at_least,
     float32_at_most,
 )
+from processccd.image import mask_bit
 
-# afw mask plane bits of the 2013 stack
-MASK_BITS: dict[str, int] = {
-    "BAD": 1,
-    "SAT": 2,
-    "INTRP": 4,
-    "CR": 8,
-    "EDGE": 16,
-    "DETECTED": 32,
-    "DETECTED_NEGATIVE": 64,
-}
+# the afw mask plane bits of the 2013 stack that detection uses
+MASK_BITS: dict[str, int] = {name: mask_bit(name) for name in
+                             ("BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATIVE")}
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from processccd.image import mask_bit
 from processccd.psf import Psf
 
 # Hogg & Lang (2013) mixture-of-Gaussians approximations (8 components each; amplitudes and variances in units
@@ -46,7 +47,7 @@ DEV_AMPLITUDES = np.array([1.36305372e-02, 1.08889599e-01, 3.68235229e-01, 9.266
 DEV_VARIANCES = np.array([1.34654444e-04, 5.04128747e-04, 1.88518562e-03, 7.20439754e-03, 2.87959626e-02,
                           1.25118904e-01, 6.38235086e-01, 4.76437813e00])
 
-BAD_PIXEL_BITS = 1 | 2 | 4 | 8  # BAD | SAT | INTRP | CR
+BAD_PIXEL_BITS = mask_bit("BAD") | mask_bit("SAT") | mask_bit("INTRP") | mask_bit("CR")
 MAX_LOG_RADIUS = math.log(1e4)  # ellipse radii are capped at 10^4 px (the fit then fails the area test)
 DERIVATIVE_TERMS = 6  # G, Gx, Gy, Gxx, Gxy, Gyy
 

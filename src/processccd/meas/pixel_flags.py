@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from processccd.image import mask_bit
 from processccd.meas.psf_flux import stamp_indices
 
 
@@ -13,13 +14,13 @@ from processccd.meas.psf_flux import stamp_indices
 class MaskBits:
     """Mask-plane bit values (afw 2013 default plane order)."""
 
-    bad: int = 1
-    saturated: int = 2
-    interpolated: int = 4
-    cosmic_ray: int = 8
-    edge: int = 16
-    detected: int = 32
-    detected_negative: int = 64
+    bad: int = mask_bit("BAD")
+    saturated: int = mask_bit("SAT")
+    interpolated: int = mask_bit("INTRP")
+    cosmic_ray: int = mask_bit("CR")
+    edge: int = mask_bit("EDGE")
+    detected: int = mask_bit("DETECTED")
+    detected_negative: int = mask_bit("DETECTED_NEGATIVE")
 
 
 DEFAULT_BITS = MaskBits()

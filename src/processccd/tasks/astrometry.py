@@ -43,6 +43,13 @@ class Matches:
     def __len__(self) -> int:
         return len(self.source_index)
 
+    def clean_stars(self, columns: dict[str, np.ndarray], bad_flags: tuple[str, ...] | list[str]) -> np.ndarray:
+        """Per match: the reference is a star and none of the source's `bad_flags` columns is set."""
+        good = self.reference.is_star.copy()
+        for flag in bad_flags:
+            good &= ~np.asarray(columns[flag], dtype=bool)[self.source_index]
+        return good
+
     def subset(self, index: np.ndarray) -> Matches:
         return Matches(self.source_index[index], self.reference.subset(index), self.reference_x[index],
                        self.reference_y[index], self.distance_arcsec[index])

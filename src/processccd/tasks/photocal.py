@@ -129,9 +129,7 @@ class PhotoCalTask:
         with a finite reference magnitude not fainter than mag_limit."""
         config = self.config
         src = matches.source_index
-        good = matches.reference.is_star.copy()
-        for flag in config.bad_flags:
-            good &= ~np.asarray(columns[flag], dtype=bool)[src]
+        good = matches.clean_stars(columns, config.bad_flags)
         flux = columns[config.flux_column][src]
         flux_err = columns[f"{config.flux_column}.err"][src]
         ref = matches.reference

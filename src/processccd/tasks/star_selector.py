@@ -46,9 +46,7 @@ class StarSelectorTask:
     def run(self, image: np.ndarray, columns: dict[str, np.ndarray], matches: Matches) -> StarSelection:
         config = self.config
         src = matches.source_index
-        good = matches.reference.is_star.copy()
-        for flag in config.bad_flags:
-            good &= ~np.asarray(columns[flag], dtype=bool)[src]
+        good = matches.clean_stars(columns, config.bad_flags)
         flux = columns[config.flux_column][src]
         with np.errstate(invalid="ignore"):
             good &= flux >= config.flux_min
