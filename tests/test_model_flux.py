@@ -575,3 +575,18 @@ def test_combo_of_indistinguishable_models_is_the_single_profile_result() -> Non
     other = rng.normal(size=200)
     flux, _ = _combo(np.stack([model, other]), 30.0 * model + 70.0 * other, singles)
     assert flux == pytest.approx(100.0)
+
+
+def test_ellipse_pixels_chunked_scan_matches_brute_force_and_stops_at_the_image_edge() -> None:
+    from processccd.meas.model_flux import FitRegionError, _ellipse_pixels
+
+    q = np.array([[30.0, 12.0], [12.0, 20.0]])
+    ys, xs = _ellipse_pixels(q, 150.3, 120.7, 4.0, (400, 400))
+    yy, xx = np.mgrid[:400, :400]
+    inv = np.linalg.inv(q * 16.0)
+    dx, dy = xx - 150.3, yy - 120.7
+    inside = inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy * dy <= 1.0
+    np.testing.assert_array_equal(ys, yy[inside])
+    np.testing.assert_array_equal(xs, xx[inside])
+    with pytest.raises(FitRegionError, match="leaves the image"):
+        _ellipse_pixels(np.array([[4e6, 0.0], [0.0, 4e6]]), 150.0, 120.0, 4.0, (400, 400))

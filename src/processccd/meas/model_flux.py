@@ -252,6 +252,7 @@ def _inverse_covariances(covariances: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return inverses, det
 
 
+ELLIPSE_CHUNK = 1 << 16  # pixels per chunk when the ellipse region is scanned
 PIXEL_BLOCK = 1024  # pixels per block: keeps the BLAS calls single-threaded (and the arrays in cache)
 DEGENERATE_COMBO = 1e-8  # 1 - |cos| of the exp and dev model vectors below which they are one model
 
@@ -513,19 +514,38 @@ class _FitPixels:
     weight: float
 
 
-def _ellipse_pixels(q: np.ndarray, x: float, y: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """(ys, xs) of the pixel centres inside the ellipse q * scale^2 centred on (x, y)."""
+def _ellipse_pixels(q: np.ndarray, x: float, y: float, scale: float, shape: tuple[int, int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of the pixel centres inside the ellipse q * scale^2 centred on (x, y), in row-major order.
+
+    Rows are scanned in chunks of about ELLIPSE_CHUNK pixels; a pixel outside the image of `shape` raises
+    FitRegionError at once (the fit region would leave the image), so memory stays bounded for huge ellipses.
+    """
     qs = q * scale * scale
     half_x, half_y = math.sqrt(qs[0, 0]), math.sqrt(qs[1, 1])
     if not (math.isfinite(half_x) and math.isfinite(half_y)) or half_x * half_y > 1e8:
         raise FitRegionError("ellipse too large")
+    height, width = shape
     xs = np.arange(math.ceil(x - half_x), math.floor(x + half_x) + 1)
-    ys = np.arange(math.ceil(y - half_y), math.floor(y + half_y) + 1)
+    all_ys = np.arange(math.ceil(y - half_y), math.floor(y + half_y) + 1)
     inv = np.linalg.inv(qs)
-    ddx, ddy = xs - x, (ys - y)[:, None]
-    inside = inv[0, 0] * ddx * ddx + 2.0 * inv[0, 1] * ddx * ddy + inv[1, 1] * ddy * ddy <= 1.0
-    rows, cols = np.nonzero(inside)
-    return ys[rows], xs[cols]
+    ddx = xs - x
+    rows_per_chunk = max(1, ELLIPSE_CHUNK // max(xs.size, 1))
+    out_ys, out_xs = [], []
+    for start in range(0, all_ys.size, rows_per_chunk):
+        ys = all_ys[start : start + rows_per_chunk]
+        ddy = (ys - y)[:, None]
+        inside = inv[0, 0] * ddx * ddx + 2.0 * inv[0, 1] * ddx * ddy + inv[1, 1] * ddy * ddy <= 1.0
+        rows, cols = np.nonzero(inside)
+        chunk_ys, chunk_xs = ys[rows], xs[cols]
+        if chunk_ys.size and (chunk_ys[0] < 0 or chunk_ys[-1] >= height or chunk_xs.min() < 0
+                              or chunk_xs.max() >= width):
+            raise FitRegionError("fit region leaves the image")
+        out_ys.append(chunk_ys)
+        out_xs.append(chunk_xs)
+    if not out_ys:
+        return all_ys[:0], xs[:0]
+    return np.concatenate(out_ys), np.concatenate(out_xs)
 
 
 def _grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: int) -> tuple[np.ndarray, np.ndarray]:
@@ -558,7 +578,8 @@ def _fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown
                 grown_xs: np.ndarray, x: float, y: float, ellipses: list[np.ndarray],
                 config: ModelFluxConfig) -> _FitPixels:
     """Grown footprint (`_grown_footprint`) U the ellipses x radius_input_factor, minus bad pixels."""
-    region_parts = [(grown_ys, grown_xs)] + [_ellipse_pixels(q, x, y, config.radius_input_factor) for q in ellipses]
+    region_parts = [(grown_ys, grown_xs)] + [_ellipse_pixels(q, x, y, config.radius_input_factor, image.shape)
+                                             for q in ellipses]
     y0 = min(int(part[0].min()) for part in region_parts if part[0].size)
     x0 = min(int(part[1].min()) for part in region_parts if part[1].size)
     y1 = max(int(part[0].max()) for part in region_parts if part[0].size)
