@@ -31,15 +31,13 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
     return subprocess.run(_command(*args), cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_help_is_fast_and_imports_neither_dask_nor_matplotlib():
+def test_help_imports_neither_dask_nor_matplotlib():
     code = ("import sys; from click.testing import CliRunner; from processccd.cli.process_ccd import command;"
             "r = CliRunner().invoke(command, ['--help']); assert r.exit_code == 0, r.output;"
             "assert '--scheduler' in r.output and '--clobber-config' in r.output;"
             "heavy = [m for m in ('distributed', 'dask', 'matplotlib', 'tqdm', 'astropy') if m in sys.modules];"
             "assert not heavy, heavy")
-    start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-    assert time.perf_counter() - start < 5.0
 
 
 def test_show_config_prints_the_config_in_force(tmp_path):

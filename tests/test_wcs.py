@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -136,10 +135,3 @@ def test_lower_sip_degree_is_honoured() -> None:
     assert fit_tan_sip(DISTORTED.pixel_to_sky, sip_degree=0).sip is None
 
 
-def test_fit_is_fast() -> None:
-    """The linear fit must stay far below the ~1 s of a nonlinear optimiser (target ~20 ms per frame)."""
-    fit_tan_sip(DISTORTED.pixel_to_sky)
-    start = time.perf_counter()
-    for _ in range(5):
-        fit_tan_sip(DISTORTED.pixel_to_sky)
-    assert (time.perf_counter() - start) / 5 < 0.1
