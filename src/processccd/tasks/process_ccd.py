@@ -11,7 +11,7 @@ import numpy as np
 from astropy.io import fits
 
 from processccd import __version__
-from processccd.background import estimate_background
+from processccd.background import BackgroundConfig, estimate_background
 from processccd.butler import Butler
 from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
@@ -27,10 +27,6 @@ from processccd.tasks.make_exposure import MakeExposureConfig, make_exposure
 from processccd.tasks.measurement import MeasurementConfig, MeasurementTask
 
 log = logging.getLogger("processCcd")
-
-# Bits the background estimate ignores (2013: EDGE, DETECTED, DETECTED_NEGATIVE).
-BACKGROUND_IGNORED_PLANES = ("EDGE", "DETECTED", "DETECTED_NEGATIVE")
-
 
 @dataclass
 class ProcessCcdConfig:
@@ -117,7 +113,7 @@ class ProcessCcdTask:
         are aperture corrected.
         """
         config = self.config
-        ignored = sum(mask_bit(p) for p in BACKGROUND_IGNORED_PLANES)
+        ignored = sum(mask_bit(p) for p in BackgroundConfig().ignored_mask_planes)
         background = estimate_background(exposure.image, exposure.mask, ignored, config.background_bin_size)
         exposure.image = (exposure.image - background.image).astype(np.float32)
         detection = self._detect(exposure, self.psf_sigma(exposure), config.calibrate_detection,
