@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from processccd.image import mask_bit
 from processccd.meas.classification import extendedness
 from processccd.meas.model_flux import (
     DE_VAUCOULEURS,
@@ -16,16 +17,14 @@ from processccd.meas.model_flux import (
     Profile,
     PsfModel,
     PsfModelCache,
-    _EllipseProblem,
     _fit_pixels,
-    _GaussianSet,
     _grown_footprint,
-    _PixelBlock,
     fit_psf_model,
     initial_ellipse,
     model_flux_psf_factors,
     model_fluxes,
 )
+from processccd.meas.model_flux_kernels import _evaluate, derivative_basis_normal_equations
 from processccd.meas.psf_flux import psf_flux
 from processccd.psf import GaussianPsf, Psf
 
@@ -99,13 +98,24 @@ def _scaled(psf: Psf, x: float, y: float, result) -> tuple[float, float, float, 
             result.combo_flux * p_psf / factors.combo, result.exp.flux_err * p_psf / factors.exp)
 
 
+def test_derivative_basis_normal_equations_match_numpy() -> None:
+    rng = np.random.default_rng(3)
+    dy, dx = (grid.ravel() - 0.3 for grid in np.mgrid[-15:16, -15:16].astype(float))
+    covariances = np.array([[[2.0, 0.3], [0.3, 1.5]], [[8.0, 1.2], [1.2, 6.0]]])
+    data = rng.normal(size=dx.size)
+    basis = np.concatenate([_reference_derivative_basis(c, dx, dy) for c in covariances])
+    normal, rhs = derivative_basis_normal_equations(dx, dy, data, covariances)
+    np.testing.assert_allclose(normal, basis @ basis.T, rtol=1e-12, atol=1e-15 * np.abs(normal).max())
+    np.testing.assert_allclose(rhs, basis @ data, rtol=1e-10, atol=1e-13 * np.abs(rhs).max())
+
+
 @pytest.mark.parametrize("psf", [GaussianPsf(1.4), EllipticalGaussianPsf(2.2, 0.4, 1.6)], ids=["round", "elliptical"])
 def test_psf_model_reproduces_psf_image(psf: Psf) -> None:
     model = fit_psf_model(psf, 50.3, 40.6)
     image = psf.unit_sum_image(50.3, 40.6)
     grid = np.arange(31) - 15.0
     dy, dx = np.meshgrid(grid + 0.4, grid - 0.3, indexing="ij")  # offsets from (50.3, 40.6): 41 - 40.6, 50 - 50.3
-    basis = _GaussianSet(model.covariances, dx.ravel(), dy.ravel()).derivative_basis()
+    basis = np.stack([_reference_derivative_basis(c, dx.ravel(), dy.ravel()) for c in model.covariances])
     rendered = np.einsum("kj,kjn->n", model.coefficients, basis).reshape(31, 31)
     assert np.max(np.abs(rendered - image)) < 5e-3 * image.max()
     assert model.coefficients[:, 0].sum() == pytest.approx(1.0, abs=0.005)  # derivative terms integrate to 0
@@ -541,10 +551,6 @@ def test_evaluation_matches_reference_derivatives() -> None:
     data = 500.0 * _reference_mixture(scales[:, None, None] * np.diag([6.0, 3.0]) + covariance_offsets, fluxes,
                                       scales, dx, dy)[0] + rng.normal(size=dx.size)
     weight = 0.7
-    problem = _EllipseProblem(dx, dy, data * weight, weight, scales, offsets, fluxes)
-    blocked = _EllipseProblem(dx, dy, data * weight, weight, scales, offsets, fluxes)
-    blocked.blocks = [_PixelBlock(dx[i : i + 100], dy[i : i + 100], data[i : i + 100] * weight)
-                      for i in range(0, dx.size, 100)]
     p = np.array([0.3, -0.2, 0.9])
     model, dq = _reference_mixture(scales[:, None, None] * _reference_ellipse(p) + covariance_offsets, fluxes,
                                    scales, dx, dy)
@@ -553,14 +559,23 @@ def test_evaluation_matches_reference_derivatives() -> None:
     residual = amplitude * model - data * weight
     jacobian = amplitude * dmodel + np.outer(model, dmodel.T @ (data * weight - 2 * amplitude * model)
                                               / float(model @ model))
-    for cost, hessian, gradient, fitted_amplitude in (problem.evaluate(list(p)), blocked.evaluate(list(p))):
+
+    def evaluate(subset: np.ndarray, x_offset: float = 0.0) -> tuple[bool, float, float, np.ndarray, np.ndarray]:
+        hessian, gradient = np.empty((3, 3)), np.empty(3)
+        ok, cost, fitted_amplitude = _evaluate(p, dx[subset] + x_offset, dy[subset], data[subset] * weight, scales,
+                                               offsets, fluxes / (2 * math.pi), weight, np.empty(subset.size),
+                                               np.empty((subset.size, scales.size)), hessian, gradient)
+        return ok, cost, fitted_amplitude, hessian, gradient
+
+    # every pixel in row runs (Gaussians by recurrence), and a shuffled order (every pixel computed directly)
+    for subset in (np.arange(dx.size), rng.permutation(dx.size)):
+        ok, cost, fitted_amplitude, hessian, gradient = evaluate(subset)
+        assert ok
         assert cost == pytest.approx(0.5 * float(residual @ residual), rel=1e-12)
         assert fitted_amplitude == pytest.approx(amplitude, rel=1e-12)
         np.testing.assert_allclose(hessian, jacobian.T @ jacobian, rtol=1e-7)
         np.testing.assert_allclose(gradient, jacobian.T @ residual, rtol=1e-6, atol=1e-9 * np.abs(jacobian).max())
-    far = _EllipseProblem(dx + 1e4, dy, data * weight, weight, scales, offsets, fluxes)
-    with pytest.raises(FloatingPointError):  # the model underflows to 0 on every pixel
-        far.evaluate(list(p))
+    assert not evaluate(np.arange(dx.size), 1e4)[0]  # the model underflows to 0 on every pixel
 
 
 def test_combo_of_indistinguishable_models_is_the_single_profile_result() -> None:
@@ -577,16 +592,28 @@ def test_combo_of_indistinguishable_models_is_the_single_profile_result() -> Non
     assert flux == pytest.approx(100.0)
 
 
-def test_ellipse_pixels_chunked_scan_matches_brute_force_and_stops_at_the_image_edge() -> None:
-    from processccd.meas.model_flux import FitRegionError, _ellipse_pixels
+def test_ellipse_region_matches_brute_force_and_stops_at_the_image_edge() -> None:
+    from processccd.meas.model_flux import FitRegionError
 
+    config = ModelFluxConfig()
+    image = np.ones((400, 400), dtype=np.float32)
+    variance = np.full((400, 400), 4.0, dtype=np.float32)
+    mask = np.zeros((400, 400), dtype=np.int32)
+    centre = (np.array([120]), np.array([150]))  # a one-pixel "footprint" inside the ellipse
     q = np.array([[30.0, 12.0], [12.0, 20.0]])
-    ys, xs = _ellipse_pixels(q, 150.3, 120.7, 4.0, (400, 400))
+    pixels = _fit_pixels(image, variance, mask, *centre, 150.3, 120.7, [q], config)
     yy, xx = np.mgrid[:400, :400]
     inv = np.linalg.inv(q * 16.0)
     dx, dy = xx - 150.3, yy - 120.7
     inside = inv[0, 0] * dx * dx + 2 * inv[0, 1] * dx * dy + inv[1, 1] * dy * dy <= 1.0
-    np.testing.assert_array_equal(ys, yy[inside])
-    np.testing.assert_array_equal(xs, xx[inside])
+    np.testing.assert_array_equal(pixels.dx, dx[inside])
+    np.testing.assert_array_equal(pixels.dy, dy[inside])
+    np.testing.assert_array_equal(pixels.data, 0.5)
+    assert pixels.weight == 0.5
     with pytest.raises(FitRegionError, match="leaves the image"):
-        _ellipse_pixels(np.array([[4e6, 0.0], [0.0, 4e6]]), 150.0, 120.0, 4.0, (400, 400))
+        _fit_pixels(image, variance, mask, *centre, 150.0, 120.0, [np.array([[4e6, 0.0], [0.0, 4e6]])], config)
+    with pytest.raises(FitRegionError, match="too large"):
+        _fit_pixels(image, variance, mask, *centre, 150.0, 120.0, [np.array([[4e8, 0.0], [0.0, 4e8]])], config)
+    mask[100:140, 130:170] = mask_bit("SAT")
+    with pytest.raises(FitRegionError, match="too many bad pixels"):
+        _fit_pixels(image, variance, mask, *centre, 150.3, 120.7, [q], config)

@@ -126,12 +126,13 @@ class MeasurementTask:
         with timed("shape.sdss + flux.gaussian"):
             self._shapes(cols, image, variance, replacer)
         with timed("flux.psf + flux.sinc"):
-            self._linear_fluxes(cols, image, variance, psf, replacer)
+            psf_images = self._linear_fluxes(cols, image, variance, psf, replacer)
         if self.config.model_fluxes:
             with timed("multishapelet"):
                 for i in range(n):
                     with isolated(replacer, i):
-                        self._model_fluxes(cols, i, image, variance, exposure.mask, psf, footprints.pixels(i))
+                        self._model_fluxes(cols, i, image, variance, exposure.mask, psf, psf_images[i],
+                                           footprints.pixels(i))
                 self._model_flux_psf_factors(cols, psf)
         with timed("flags + coord"):
             flags = pixel_flags_many(exposure.mask, source_index, ys, xs, x, y)
@@ -205,8 +206,9 @@ class MeasurementTask:
         cols["flux.gaussian"][i], cols["flux.gaussian.err"][i] = gauss.flux, gauss.flux_err
 
     def _linear_fluxes(self, cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray, psf: Psf,
-                       replacer: NoiseReplacer | None) -> None:
-        """flux.psf, flux.sinc and the PSF factors of all sources at once, at their centroids.
+                       replacer: NoiseReplacer | None) -> np.ndarray:
+        """flux.psf, flux.sinc and the PSF factors of all sources at once, at their centroids; returns the
+        PSF images (`Psf.compute_images`) at the centroids.
 
         These are linear in the image: each source's stamp is cut from the image with every footprint
         noised, and its own footprint's (original - noise) added back, which is exactly the image the
@@ -221,16 +223,19 @@ class MeasurementTask:
         coefficients = shifted_sinc_coefficients_many(self.config.sinc_radius, x, y)
         cols["flux.sinc"], cols["flux.sinc.err"] = sinc_flux_of_stamps(data, var, coefficients)
         cols["flux.gaussian.psffactor"] = gaussian_flux_psf_factor_batch(psf_images)
+        return psf_images
 
     def _model_fluxes(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray,
-                      mask: np.ndarray, psf: Psf, footprint: tuple[np.ndarray, np.ndarray]) -> None:
-        """multishapelet exp / dev / combo raw fluxes of source i (PSF model fitted at its centroid)."""
+                      mask: np.ndarray, psf: Psf, psf_image: np.ndarray, footprint: tuple[np.ndarray, np.ndarray]
+                      ) -> None:
+        """multishapelet exp / dev / combo raw fluxes of source i (PSF model fitted to `psf_image`, the PSF
+        image at its centroid)."""
         x, y = float(cols["centroid.sdss.x"][i]), float(cols["centroid.sdss.y"][i])
         config = self.config.model_flux
         result = model_fluxes(image, variance, mask, footprint[0], footprint[1], x, y,
                               float(cols["shape.sdss.ixx"][i]), float(cols["shape.sdss.ixy"][i]),
                               float(cols["shape.sdss.iyy"][i]), not cols["shape.sdss.flags"][i], psf, config,
-                              psf_model=fit_psf_model(psf, x, y, config))
+                              psf_model=fit_psf_model(psf, x, y, config, psf_image))
         for name, flux, err in (("exp", result.exp.flux, result.exp.flux_err),
                                 ("dev", result.dev.flux, result.dev.flux_err),
                                 ("combo", result.combo_flux, result.combo_flux_err)):

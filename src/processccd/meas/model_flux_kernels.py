@@ -1,0 +1,469 @@
+"""Compiled (numba) inner loops of the multishapelet fits: Gaussian sums on the fit pixels and the
+Levenberg-Marquardt ellipse fit with the amplitude solved linearly (variable projection).
+
+The mathematics is that of `model_flux` (see its docstring); this module only makes it fast:
+
+* Each fit is one call: the optimiser and every model evaluation run in compiled code, so a fit of a
+  150-pixel source no longer pays for ~40 small numpy calls per evaluation.
+* Gaussians on the pixel grid are evaluated by recurrence along each row of the (row-major) fit pixels:
+  N(dx + 1) = N(dx) R(dx), R(dx + 1) = R(dx) exp(-Cinv_xx), two multiplications instead of an exp. The
+  recurrence restarts (with exp) at every new row run, every RESTART_INTERVAL pixels, and where the Gaussian
+  has fallen below TINY (so that nothing underflows into a run); its relative error stays below ~1e-13.
+
+Imported lazily by `model_flux` (numba's import and cached-code load cost ~0.3 s, paid only when model
+fluxes are measured); `cache=True` keeps the compiled code beside this file between runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# reassociation/contraction only: NaN and inf must keep their IEEE meaning (the fits test them)
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+RESTART_INTERVAL = 64
+TINY = 1e-280
+
+STATUS_OK = 0
+STATUS_EMPTY_MODEL = 1  # the model vanished at the starting point (the fit has no result)
+
+
+@numba.njit(cache=True, fastmath=FASTMATH)
+def _continues_row(dx: np.ndarray, dy: np.ndarray, i: int, run_length: int) -> bool:
+    """True when pixel i is the right-hand neighbour of pixel i - 1 and the run may go on."""
+    return (i > 0 and dy[i] == dy[i - 1] and abs(dx[i] - dx[i - 1] - 1.0) < 1e-6
+            and run_length < RESTART_INTERVAL)
+
+
+@numba.njit(cache=True, fastmath=FASTMATH)
+def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, steps: np.ndarray, out: np.ndarray
+                     ) -> None:
+    """out[i, k] = exp(-r_i'C_k^-1 r_i / 2) at the offsets r_i = (dx_i, dy_i) for `inverses` (3, K) rows of
+    C_k^-1 (xx, xy, yy): along row runs by recurrence from pixel i - 1, directly at a run's start and for any
+    value below TINY (which could not carry the recurrence)."""
+    n_gauss = steps.size
+    ratios = np.empty(n_gauss)
+    run_length = 0
+    for i in range(dx.size):
+        x, y = dx[i], dy[i]
+        restart = not _continues_row(dx, dy, i, run_length)
+        run_length = 0 if restart else run_length + 1
+        n_tiny = 0
+        if not restart:
+            for k in range(n_gauss):
+                value = out[i - 1, k] * ratios[k]
+                ratios[k] *= steps[k]
+                out[i, k] = value
+                n_tiny += value < TINY
+        if restart or n_tiny:
+            for k in range(n_gauss):
+                if restart or out[i, k] < TINY:
+                    ixx, ixy, iyy = inverses[0, k], inverses[1, k], inverses[2, k]
+                    out[i, k] = math.exp(-0.5 * (ixx * x * x + 2.0 * ixy * x * y + iyy * y * y))
+                    ratios[k] = math.exp(-(ixx * (x + 0.5) + ixy * y))
+
+
+@numba.njit(cache=True)
+def _ellipse(p0: float, p1: float, p2: float) -> tuple[float, float, float]:
+    """(Qxx, Qxy, Qyy) from (eta1, eta2, ln r), as model_flux._ellipse_from_parameters."""
+    eta = math.hypot(p0, p1)
+    r2 = math.exp(2.0 * p2)
+    if eta < 1e-12:
+        return r2, 0.0, r2
+    c, s = math.cosh(eta), math.sinh(eta) / eta
+    return r2 * (c + s * p0), r2 * (s * p1), r2 * (c - s * p0)
+
+
+@numba.njit(cache=True)
+def _ellipse_jacobian(p0: float, p1: float, p2: float, jacobian: np.ndarray) -> None:
+    """jacobian[a, b] = dQ_a / dp_b (a over Qxx, Qxy, Qyy), as model_flux._ellipse_jacobian."""
+    eta = math.hypot(p0, p1)
+    r2 = math.exp(2.0 * p2)
+    if eta < 1e-4:
+        c, s, ds = 1.0 + 0.5 * eta * eta, 1.0 + eta * eta / 6.0, 1.0 / 3.0 + eta * eta / 30.0
+    else:
+        c, s = math.cosh(eta), math.sinh(eta) / eta
+        ds = (c - s) / (eta * eta)
+    ds1, ds2 = ds * p0, ds * p1
+    jacobian[0, 0] = r2 * (s * p0 + ds1 * p0 + s)
+    jacobian[0, 1] = r2 * (s * p1 + ds2 * p0)
+    jacobian[0, 2] = r2 * (2.0 * (c + s * p0))
+    jacobian[1, 0] = r2 * (ds1 * p1)
+    jacobian[1, 1] = r2 * (ds2 * p1 + s)
+    jacobian[1, 2] = r2 * (2.0 * s * p1)
+    jacobian[2, 0] = r2 * (s * p0 - ds1 * p0 - s)
+    jacobian[2, 1] = r2 * (s * p1 - ds2 * p0)
+    jacobian[2, 2] = r2 * (2.0 * (c - s * p0))
+
+
+@numba.njit(cache=True, fastmath=FASTMATH)
+def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, scales: np.ndarray,
+              offsets: np.ndarray, norm_fluxes: np.ndarray, weight: float, work: np.ndarray, gaussian_work: np.ndarray,
+              hessian: np.ndarray, gradient: np.ndarray) -> tuple[bool, float, float]:
+    """Cost 0.5 |A m - d|^2, Gauss-Newton Hessian and gradient (into `hessian`, `gradient`) and amplitude A
+    at p, for the weighted model m = weight sum_k f_k N(s_k Q(p) + P_k) (see model_flux._EllipseProblem).
+    Returns (ok, cost, amplitude); ok is False when the model vanishes."""
+    n_gauss = scales.size
+    qxx, qxy, qyy = _ellipse(p[0], p[1], p[2])
+    jacobian = np.empty((3, 3))
+    _ellipse_jacobian(p[0], p[1], p[2], jacobian)
+    inverses = np.empty((3, n_gauss))
+    steps = np.empty(n_gauss)
+    # coefficients[k, 4 b + j]: of the monomials (dx^2, dx dy, dy^2, 1) in dm/dp_b; [k, 12]: of the model
+    coefficients = np.empty((n_gauss, 13))
+    for k in range(n_gauss):
+        cxx = scales[k] * qxx + offsets[k, 0]
+        cxy = scales[k] * qxy + offsets[k, 1]
+        cyy = scales[k] * qyy + offsets[k, 2]
+        det = cxx * cyy - cxy * cxy
+        ixx, ixy, iyy = cyy / det, -cxy / det, cxx / det
+        inverses[0, k], inverses[1, k], inverses[2, k] = ixx, ixy, iyy
+        steps[k] = math.exp(-ixx)
+        model_coefficient = weight * norm_fluxes[k] / math.sqrt(det)
+        scaled = model_coefficient * scales[k]
+        # d N / d(Qxx, Qxy, Qyy) / N as polynomials in (dx^2, dx dy, dy^2, 1) (Qxy enters C twice)
+        d_xx = (0.5 * ixx * ixx, ixx * ixy, 0.5 * ixy * ixy, -0.5 * ixx)
+        d_xy = (ixx * ixy, ixx * iyy + ixy * ixy, ixy * iyy, -ixy)
+        d_yy = (0.5 * ixy * ixy, ixy * iyy, 0.5 * iyy * iyy, -0.5 * iyy)
+        for b in range(3):
+            for j in range(4):
+                coefficients[k, 4 * b + j] = scaled * (jacobian[0, b] * d_xx[j] + jacobian[1, b] * d_xy[j]
+                                                       + jacobian[2, b] * d_yy[j])
+        coefficients[k, 12] = model_coefficient
+    _gaussian_matrix(dx, dy, inverses, steps, gaussian_work)
+    sums_all = np.dot(gaussian_work, coefficients)  # (N, 13)
+    mm = m1 = m2 = m3 = md = 0.0
+    g11 = g12 = g13 = g22 = g23 = g33 = d1 = d2 = d3 = 0.0
+    for i in range(dx.size):
+        x, y = dx[i], dy[i]
+        sums = sums_all[i]
+        xx, xy, yy = x * x, x * y, y * y
+        m = sums[12]
+        a1 = sums[0] * xx + sums[1] * xy + sums[2] * yy + sums[3]
+        a2 = sums[4] * xx + sums[5] * xy + sums[6] * yy + sums[7]
+        a3 = sums[8] * xx + sums[9] * xy + sums[10] * yy + sums[11]
+        d = data[i]
+        work[i] = m
+        mm += m * m
+        m1 += m * a1
+        m2 += m * a2
+        m3 += m * a3
+        md += m * d
+        g11 += a1 * a1
+        g12 += a1 * a2
+        g13 += a1 * a3
+        g22 += a2 * a2
+        g23 += a2 * a3
+        g33 += a3 * a3
+        d1 += a1 * d
+        d2 += a2 * d
+        d3 += a3 * d
+    if not mm > 0:
+        return False, 0.0, 0.0
+    amplitude = md / mm
+    residual_squared = 0.0
+    for i in range(dx.size):
+        r = work[i] * amplitude - data[i]
+        residual_squared += r * r
+    # J = A D + m dA' with dA = (D.d - 2 A D.m) / m.m (rows D = dm/dp); J'J and J'f from the Gram matrix
+    a2_ = amplitude * amplitude
+    e1 = (d1 - 2.0 * amplitude * m1) / mm
+    e2 = (d2 - 2.0 * amplitude * m2) / mm
+    e3 = (d3 - 2.0 * amplitude * m3) / mm
+    hessian[0, 0] = a2_ * g11 + 2.0 * amplitude * m1 * e1 + mm * e1 * e1
+    hessian[1, 1] = a2_ * g22 + 2.0 * amplitude * m2 * e2 + mm * e2 * e2
+    hessian[2, 2] = a2_ * g33 + 2.0 * amplitude * m3 * e3 + mm * e3 * e3
+    hessian[0, 1] = hessian[1, 0] = a2_ * g12 + amplitude * (m1 * e2 + e1 * m2) + mm * e1 * e2
+    hessian[0, 2] = hessian[2, 0] = a2_ * g13 + amplitude * (m1 * e3 + e1 * m3) + mm * e1 * e3
+    hessian[1, 2] = hessian[2, 1] = a2_ * g23 + amplitude * (m2 * e3 + e2 * m3) + mm * e2 * e3
+    residual_model = amplitude * mm - md
+    gradient[0] = amplitude * (amplitude * m1 - d1) + e1 * residual_model
+    gradient[1] = amplitude * (amplitude * m2 - d2) + e2 * residual_model
+    gradient[2] = amplitude * (amplitude * m3 - d3) + e3 * residual_model
+    return True, 0.5 * residual_squared, amplitude
+
+
+@numba.njit(cache=True)
+def _clip(value: float, lower: float, upper: float) -> float:
+    """Clip to [lower, upper]; NaN stays NaN (as np.clip)."""
+    if value < lower:
+        return lower
+    if value > upper:
+        return upper
+    return value
+
+
+@numba.njit(cache=True)
+def _solve_damped(hessian: np.ndarray, mu: float, gradient: np.ndarray, step: np.ndarray) -> bool:
+    """step = -(H + mu I)^-1 g for the symmetric 3 x 3 H by LDL'; False when a pivot is exactly 0."""
+    d0 = hessian[0, 0] + mu
+    if d0 == 0.0:
+        return False
+    l10, l20 = hessian[0, 1] / d0, hessian[0, 2] / d0
+    d1 = hessian[1, 1] + mu - l10 * hessian[0, 1]
+    if d1 == 0.0:
+        return False
+    c21 = hessian[1, 2] - l20 * hessian[0, 1]
+    l21 = c21 / d1
+    d2 = hessian[2, 2] + mu - l20 * hessian[0, 2] - l21 * c21
+    if d2 == 0.0:
+        return False
+    y0 = -gradient[0]
+    y1 = -gradient[1] - l10 * y0
+    y2 = -gradient[2] - l20 * y0 - l21 * y1
+    step[2] = y2 / d2
+    step[1] = y1 / d1 - l21 * step[2]
+    step[0] = y0 / d0 - l10 * step[1] - l20 * step[2]
+    return True
+
+
+@numba.njit(cache=True)
+def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float, scales: np.ndarray,
+                offsets: np.ndarray, fluxes: np.ndarray, p0: np.ndarray, lower: np.ndarray, upper: np.ndarray,
+                tau: float, gtol: float, max_iterations: int) -> tuple[int, np.ndarray, float, bool]:
+    """Levenberg-Marquardt (Nielsen damping, box-clipped) fit of the ellipse parameters p = (eta1, eta2, ln r)
+    of the model weight * sum_k fluxes_k N(scales_k Q(p) + offsets_k) to `data` (already weighted), with
+    the amplitude solved linearly at every step. Returns (status, p, amplitude, max_iter)."""
+    norm_fluxes = fluxes / (2.0 * math.pi)
+    work = np.empty(dx.size)
+    gaussian_work = np.empty((dx.size, scales.size))
+    p = np.empty(3)
+    for j in range(3):
+        p[j] = _clip(p0[j], lower[j], upper[j])
+    hessian, gradient = np.empty((3, 3)), np.empty(3)
+    hessian_new, gradient_new = np.empty((3, 3)), np.empty(3)
+    step, p_new = np.empty(3), np.empty(3)
+    ok, cost, amplitude = _evaluate(p, dx, dy, data, scales, offsets, norm_fluxes, weight, work, gaussian_work, hessian,
+                                  gradient)
+    if not ok:
+        return STATUS_EMPTY_MODEL, p, 0.0, False
+    diagonal_max = hessian[0, 0]
+    for j in range(1, 3):  # NaN propagates as in np.max
+        if hessian[j, j] > diagonal_max or math.isnan(hessian[j, j]):
+            diagonal_max = hessian[j, j]
+    mu = tau * diagonal_max
+    nu = 2.0
+    for _ in range(max_iterations):
+        if abs(gradient[0]) <= gtol and abs(gradient[1]) <= gtol and abs(gradient[2]) <= gtol:
+            return STATUS_OK, p, amplitude, False
+        if not _solve_damped(hessian, mu, gradient, step):
+            return STATUS_OK, p, amplitude, False
+        for j in range(3):
+            p_new[j] = _clip(p[j] + step[j], lower[j], upper[j])
+            step[j] = p_new[j] - p[j]
+        if math.sqrt(step[0] ** 2 + step[1] ** 2 + step[2] ** 2) <= 1e-8 * (
+                math.sqrt(p[0] ** 2 + p[1] ** 2 + p[2] ** 2) + 1e-8):
+            return STATUS_OK, p, amplitude, False
+        ok, cost_new, amplitude_new = _evaluate(p_new, dx, dy, data, scales, offsets, norm_fluxes, weight, work,
+                                                gaussian_work, hessian_new, gradient_new)
+        if not ok:
+            mu *= nu
+            nu *= 2.0
+            continue
+        predicted = 0.5 * (step[0] * (mu * step[0] - gradient[0]) + step[1] * (mu * step[1] - gradient[1])
+                           + step[2] * (mu * step[2] - gradient[2]))
+        rho = (cost - cost_new) / predicted if predicted > 0 else -1.0
+        if rho > 0:
+            p[:] = p_new
+            hessian[:, :] = hessian_new
+            gradient[:] = gradient_new
+            amplitude, cost = amplitude_new, cost_new
+            mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+            nu = 2.0
+        else:
+            mu *= nu
+            nu *= 2.0
+    return STATUS_OK, p, amplitude, True
+
+
+@numba.njit(cache=True, fastmath=FASTMATH)
+def polynomial_gaussian_sum(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, polynomial: np.ndarray
+                            ) -> np.ndarray:
+    """sum_k N_k (c_k . (1, dx, dy, dx^2, dx dy, dy^2)) at the offsets, N_k = exp(-r'C_k^-1 r / 2) with
+    `inverses` (3, K) rows of C_k^-1 (xx, xy, yy) and `polynomial` (K, 6) (fold the normalisation into it)."""
+    n_gauss = inverses.shape[1]
+    steps = np.empty(n_gauss)
+    for k in range(n_gauss):
+        steps[k] = math.exp(-inverses[0, k])
+    gaussians = np.empty((dx.size, n_gauss))
+    _gaussian_matrix(dx, dy, inverses, steps, gaussians)
+    sums = np.dot(gaussians, polynomial)  # (N, 6)
+    model = np.empty(dx.size)
+    for i in range(dx.size):
+        x, y = dx[i], dy[i]
+        model[i] = sums[i, 0] + sums[i, 1] * x + sums[i, 2] * y + sums[i, 3] * x * x + sums[i, 4] * x * y \
+            + sums[i, 5] * y * y
+    return model
+
+
+@numba.njit(cache=True)
+def profile_model(dx: np.ndarray, dy: np.ndarray, variances: np.ndarray, fluxes: np.ndarray, qxx: float,
+                  qxy: float, qyy: float, psf_rows: np.ndarray, psf_coefficients: np.ndarray,
+                  psf_gaussian_fluxes: np.ndarray, full_psf: bool) -> np.ndarray:
+    """Unit-flux profile sum_g fluxes_g N(variances_g Q) of ellipse Q convolved with the PSF model at the
+    offsets: with each PSF component's derivative basis (G, Gx, Gy, Gxx, Gxy, Gyy) coefficients when
+    `full_psf`, else with its Gaussian part only (see model_flux._model_vector)."""
+    n_psf, n_profile = psf_rows.shape[0], variances.size
+    n_gauss = n_psf * n_profile
+    inverses = np.empty((3, n_gauss))
+    polynomial = np.zeros((n_gauss, 6))  # over the monomials 1, dx, dy, dx^2, dx dy, dy^2
+    for c in range(n_psf):
+        for g in range(n_profile):
+            k = c * n_profile + g
+            cxx = variances[g] * qxx + psf_rows[c, 0]
+            cxy = variances[g] * qxy + psf_rows[c, 1]
+            cyy = variances[g] * qyy + psf_rows[c, 2]
+            det = cxx * cyy - cxy * cxy
+            ixx, ixy, iyy = cyy / det, -cxy / det, cxx / det
+            inverses[0, k], inverses[1, k], inverses[2, k] = ixx, ixy, iyy
+            norm = 1.0 / (2.0 * math.pi * math.sqrt(det))
+            if not full_psf:
+                polynomial[k, 0] = psf_gaussian_fluxes[c] * fluxes[g] * norm
+                continue
+            w0, w1, w2, w3, w4, w5 = psf_coefficients[c] * fluxes[g]
+            # G, -ux G, -uy G, (ux^2 - ixx) G, (ux uy - ixy) G, (uy^2 - iyy) G with u = C^-1 (dx, dy)
+            polynomial[k, 0] = (w0 - w3 * ixx - w4 * ixy - w5 * iyy) * norm
+            polynomial[k, 1] = -(w1 * ixx + w2 * ixy) * norm
+            polynomial[k, 2] = -(w1 * ixy + w2 * iyy) * norm
+            polynomial[k, 3] = (w3 * ixx * ixx + w4 * ixx * ixy + w5 * ixy * ixy) * norm
+            polynomial[k, 4] = (2.0 * w3 * ixx * ixy + w4 * (ixx * iyy + ixy * ixy) + 2.0 * w5 * ixy * iyy) * norm
+            polynomial[k, 5] = (w3 * ixy * ixy + w4 * ixy * iyy + w5 * iyy * iyy) * norm
+    return polynomial_gaussian_sum(dx, dy, inverses, polynomial)
+
+
+REGION_OK = 0
+REGION_LEAVES_IMAGE = 1
+REGION_TOO_MANY_BAD = 2
+REGION_BAD_VARIANCE = 3
+
+
+@numba.njit(cache=True)
+def _inside_ellipse(inverse: np.ndarray, ddx: float, ddy: float) -> bool:
+    return inverse[0] * ddx * ddx + 2.0 * inverse[1] * ddx * ddy + inverse[2] * ddy * ddy <= 1.0
+
+
+@numba.njit(cache=True)
+def fit_region(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
+               grown_xs: np.ndarray, x: float, y: float, boxes: np.ndarray, inverses: np.ndarray, bad_bits: int,
+               max_bad_fraction: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The fit pixels of model_flux._fit_pixels: the grown footprint U the ellipses (boxes[e] = x_lo, x_hi,
+    y_lo, y_hi of pixel centres to scan, inverses[e] = (xx, xy, yy) of the scaled ellipse's inverse), in
+    row-major order, minus pixels with `bad_bits` set. Returns (status, dx, dy, weighted data, weight)."""
+    empty = np.empty(0)
+    height, width = image.shape
+    y0, x0, y1, x1 = height + width, height + width, -1 - height - width, -1 - height - width
+    for e in range(boxes.shape[0]):
+        for py in range(boxes[e, 2], boxes[e, 3] + 1):
+            for px in range(boxes[e, 0], boxes[e, 1] + 1):
+                if _inside_ellipse(inverses[e], px - x, py - y):
+                    if py < 0 or py >= height or px < 0 or px >= width:
+                        return REGION_LEAVES_IMAGE, empty, empty, empty, 0.0
+                    y0, x0, y1, x1 = min(y0, py), min(x0, px), max(y1, py), max(x1, px)
+    for i in range(grown_ys.size):
+        y0, x0 = min(y0, grown_ys[i]), min(x0, grown_xs[i])
+        y1, x1 = max(y1, grown_ys[i]), max(x1, grown_xs[i])
+    if y0 < 0 or x0 < 0 or y1 >= height or x1 >= width:
+        return REGION_LEAVES_IMAGE, empty, empty, empty, 0.0
+    region = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.bool_)
+    for i in range(grown_ys.size):
+        region[grown_ys[i] - y0, grown_xs[i] - x0] = True
+    for e in range(boxes.shape[0]):
+        for py in range(boxes[e, 2], boxes[e, 3] + 1):
+            for px in range(boxes[e, 0], boxes[e, 1] + 1):
+                if _inside_ellipse(inverses[e], px - x, py - y):
+                    region[py - y0, px - x0] = True
+    n_region = 0
+    good_ys = np.empty(region.size, dtype=np.int64)
+    good_xs = np.empty(region.size, dtype=np.int64)
+    n_good = 0
+    for ry in range(region.shape[0]):
+        for rx in range(region.shape[1]):
+            if region[ry, rx]:
+                n_region += 1
+                if (mask[ry + y0, rx + x0] & bad_bits) == 0:
+                    good_ys[n_good], good_xs[n_good] = ry + y0, rx + x0
+                    n_good += 1
+    if n_region - n_good > max_bad_fraction * n_region:
+        return REGION_TOO_MANY_BAD, empty, empty, empty, 0.0
+    total = 0.0
+    for i in range(n_good):
+        total += np.float64(variance[good_ys[i], good_xs[i]])
+    mean_variance = total / n_good if n_good else math.nan
+    if not mean_variance > 0:
+        return REGION_BAD_VARIANCE, empty, empty, empty, 0.0
+    weight = 1.0 / math.sqrt(mean_variance)
+    dx, dy, data = np.empty(n_good), np.empty(n_good), np.empty(n_good)
+    for i in range(n_good):
+        dx[i] = good_xs[i] - x
+        dy[i] = good_ys[i] - y
+        data[i] = np.float64(image[good_ys[i], good_xs[i]]) * weight
+    return REGION_OK, dx, dy, data, weight
+
+
+@numba.njit(cache=True)
+def derivative_basis_normal_equations(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, covariances: np.ndarray
+                                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Normal equations (B B', B d) of the least-squares fit of `data` by the derivative bases
+    (G, dG/dx, dG/dy, d2G/dx2, d2G/dxdy, d2G/dy2) of the unit-flux Gaussians with `covariances` (K, 2, 2),
+    basis rows component major (as model_flux._GaussianSet.derivative_basis)."""
+    n_comp = covariances.shape[0]
+    n_basis = 6 * n_comp
+    inverses = np.empty((n_comp, 3))
+    norms = np.empty(n_comp)
+    for c in range(n_comp):
+        det = covariances[c, 0, 0] * covariances[c, 1, 1] - covariances[c, 0, 1] * covariances[c, 0, 1]
+        inverses[c, 0] = covariances[c, 1, 1] / det
+        inverses[c, 1] = -covariances[c, 0, 1] / det
+        inverses[c, 2] = covariances[c, 0, 0] / det
+        norms[c] = 1.0 / (2.0 * math.pi * math.sqrt(det))
+    basis = np.empty((n_basis, dx.size))
+    for i in range(dx.size):
+        x, y = dx[i], dy[i]
+        for c in range(n_comp):
+            ixx, ixy, iyy = inverses[c, 0], inverses[c, 1], inverses[c, 2]
+            ux, uy = ixx * x + ixy * y, ixy * x + iyy * y
+            g = math.exp(-0.5 * (ux * x + uy * y)) * norms[c]
+            basis[6 * c, i] = g
+            basis[6 * c + 1, i] = -ux * g
+            basis[6 * c + 2, i] = -uy * g
+            basis[6 * c + 3, i] = (ux * ux - ixx) * g
+            basis[6 * c + 4, i] = (ux * uy - ixy) * g
+            basis[6 * c + 5, i] = (uy * uy - iyy) * g
+    normal = np.dot(basis, basis.T)
+    rhs = np.dot(basis, data)
+    return normal, rhs
+
+
+@numba.njit(cache=True)
+def grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs), row-major, of the footprint dilated by a disk of radius `grow` (pixels within Euclidean
+    distance `grow` of a footprint pixel)."""
+    if footprint_ys.size == 0:
+        return footprint_ys.copy(), footprint_xs.copy()
+    y0, x0 = footprint_ys.min() - grow, footprint_xs.min() - grow
+    height = footprint_ys.max() + grow - y0 + 1
+    width = footprint_xs.max() + grow - x0 + 1
+    region = np.zeros((height, width), dtype=np.bool_)
+    for i in range(footprint_ys.size):
+        fy, fx = footprint_ys[i] - y0, footprint_xs[i] - x0
+        for oy in range(-grow, grow + 1):
+            half_width = 0
+            while (half_width + 1) ** 2 + oy * oy <= grow * grow:
+                half_width += 1
+            for ox in range(-half_width, half_width + 1):
+                region[fy + oy, fx + ox] = True
+    n = 0
+    for ry in range(height):
+        for rx in range(width):
+            n += region[ry, rx]
+    ys = np.empty(n, dtype=footprint_ys.dtype)
+    xs = np.empty(n, dtype=footprint_xs.dtype)
+    n = 0
+    for ry in range(height):
+        for rx in range(width):
+            if region[ry, rx]:
+                ys[n], xs[n] = ry + y0, rx + x0
+                n += 1
+    return ys, xs
