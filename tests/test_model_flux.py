@@ -617,3 +617,26 @@ def test_ellipse_region_matches_brute_force_and_stops_at_the_image_edge() -> Non
     mask[100:140, 130:170] = mask_bit("SAT")
     with pytest.raises(FitRegionError, match="too many bad pixels"):
         _fit_pixels(image, variance, mask, *centre, 150.3, 120.7, [q], config)
+
+
+def test_gaussians_by_recurrence_equal_direct_evaluation() -> None:
+    """Row/column recurrences of `_gaussian_matrix` against exp at every pixel: a ragged region with holes, long
+    jumps, skipped rows and far pixels where the narrow Gaussians underflow."""
+    from processccd.meas.model_flux_kernels import _gaussian_matrix
+
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[-60:61, -45:46]
+    region = ((xx / 40.0) ** 2 + (yy / 55.0) ** 2 < 1.0) & (rng.random(xx.shape) > 0.1)
+    region[:, 5:20] = False  # a gap longer than MAX_STEP in every row
+    region[10:13] = False  # rows with no row above
+    dx, dy = xx[region] - 0.37, yy[region] + 0.21
+    inverses = np.array([[100.0, 2.0, 0.6, 0.01], [5.0, -0.3, 0.1, 0.0], [80.0, 1.5, 0.5, 0.02]])
+    expected = np.exp(-0.5 * (inverses[0] * dx[:, None] ** 2 + 2 * inverses[1] * dx[:, None] * dy[:, None]
+                              + inverses[2] * dy[:, None] ** 2))
+    out = np.empty((dx.size, inverses.shape[1]))
+    _gaussian_matrix(dx, dy, inverses, out)
+    assert np.all(np.isfinite(out))
+    # relative precision where a Gaussian matters (the direct exp itself is only good to ~eps x exponent)
+    significant = expected > 1e-20
+    np.testing.assert_allclose(out[significant], expected[significant], rtol=1e-12)
+    np.testing.assert_allclose(out[~significant], expected[~significant], rtol=1e-6, atol=1e-300)

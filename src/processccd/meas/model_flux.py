@@ -27,7 +27,6 @@ matrix of (model, derivatives, data), from which the variable-projection Hessian
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,8 +47,7 @@ DEV_VARIANCES = np.array([1.34654444e-04, 5.04128747e-04, 1.88518562e-03, 7.2043
                           1.25118904e-01, 6.38235086e-01, 4.76437813e00])
 
 BAD_PIXEL_BITS = mask_bit("BAD") | mask_bit("SAT") | mask_bit("INTRP") | mask_bit("CR")
-MAX_LOG_RADIUS = math.log(1e4)  # ellipse radii are capped at 10^4 px (the fit then fails the area test)
-DERIVATIVE_TERMS = 6  # G, Gx, Gy, Gxx, Gxy, Gyy
+MAX_LOG_RADIUS = model_flux_kernels.MAX_LOG_RADIUS
 
 
 @dataclass(frozen=True)
@@ -159,96 +157,22 @@ class FitRegionError(Exception):
     """The fit region leaves the image or has too many bad pixels (the 2013 code threw: NaN flux)."""
 
 
-# ---------------------------------------------------------------------------------------------- ellipses
-
 Ellipse = tuple[float, float, float]  # (Qxx, Qxy, Qyy)
-
-
-def _ellipse_from_parameters(p: Sequence[float]) -> Ellipse:
-    """Quadrupole (Qxx, Qxy, Qyy) from (eta1, eta2, ln r): r^2 times the unit-determinant matrix exp(eta . sigma)
-    (conformal shear eta, axis ratio exp(-|eta|); r the determinant radius)."""
-    eta1, eta2, log_r = p
-    eta = math.hypot(eta1, eta2)
-    r2 = math.exp(2.0 * log_r)
-    if eta < 1e-12:
-        return r2, 0.0, r2
-    c, s = math.cosh(eta), math.sinh(eta) / eta
-    return r2 * (c + s * eta1), r2 * (s * eta2), r2 * (c - s * eta1)
-
-
-def _parameters_from_ellipse(q: np.ndarray) -> list[float]:
-    """Inverse of `_ellipse_from_parameters` (q a 2x2 matrix)."""
-    r2 = math.sqrt(q[0, 0] * q[1, 1] - q[0, 1] ** 2)
-    m = q / r2
-    eta = math.acosh(max(0.5 * (m[0, 0] + m[1, 1]), 1.0))
-    if eta < 1e-12:
-        return [0.0, 0.0, 0.5 * math.log(r2)]
-    s = math.sinh(eta) / eta
-    return [float(0.5 * (m[0, 0] - m[1, 1]) / s), float(m[0, 1] / s), 0.5 * math.log(r2)]
-
-
-def _ellipse_jacobian(p: Sequence[float]) -> tuple[tuple[float, float, float], ...]:
-    """d(Qxx, Qxy, Qyy)/d(eta1, eta2, ln r) as rows Qxx, Qxy, Qyy of derivatives by eta1, eta2, ln r."""
-    eta1, eta2, log_r = p
-    eta = math.hypot(eta1, eta2)
-    r2 = math.exp(2.0 * log_r)
-    if eta < 1e-4:  # series of cosh, sinh(eta)/eta and the derivative factor (c - s) / eta^2
-        c, s, ds = 1.0 + 0.5 * eta * eta, 1.0 + eta * eta / 6.0, 1.0 / 3.0 + eta * eta / 30.0
-    else:
-        c, s = math.cosh(eta), math.sinh(eta) / eta
-        ds = (c - s) / (eta * eta)
-    ds1, ds2 = ds * eta1, ds * eta2  # d s / d eta_i
-    return ((r2 * (s * eta1 + ds1 * eta1 + s), r2 * (s * eta2 + ds2 * eta1), r2 * (2.0 * (c + s * eta1))),
-            (r2 * (ds1 * eta2), r2 * (ds2 * eta2 + s), r2 * (2.0 * s * eta2)),
-            (r2 * (s * eta1 - ds1 * eta1 - s), r2 * (s * eta2 - ds2 * eta1), r2 * (2.0 * (c - s * eta1))))
 
 
 def _matrix(q: Ellipse) -> np.ndarray:
     return np.array([[q[0], q[1]], [q[1], q[2]]])
 
 
-def _trace_radius(q: np.ndarray) -> float:
-    return math.sqrt(max(0.5 * (q[0, 0] + q[1, 1]), 0.0))
+def _psf_rows(psf_model: PsfModel) -> np.ndarray:
+    """(K, 3) rows (Pxx, Pxy, Pyy) of the PSF component covariances."""
+    return np.ascontiguousarray(psf_model.covariances.reshape(-1, 4)[:, [0, 1, 3]])
 
 
-def _axis_ratio(q: np.ndarray) -> float:
-    half_trace = 0.5 * (q[0, 0] + q[1, 1])
-    split = math.hypot(0.5 * (q[0, 0] - q[1, 1]), q[0, 1])
-    major, minor = half_trace + split, half_trace - split
-    return math.sqrt(minor / major) if major > 0 and minor > 0 else 0.0
-
-
-def _area(q: np.ndarray) -> float:
-    det = q[0, 0] * q[1, 1] - q[0, 1] ** 2
-    return math.pi * math.sqrt(det) if det > 0 else 0.0
-
-
-DEGENERATE_COMBO = 1e-8  # 1 - |cos| of the exp and dev model vectors below which they are one model
-
-
-@dataclass
-class _FitOutcome:
-    parameters: list[float]
-    amplitude: float
-    max_iter: bool
-
-
-def _fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float, scales: np.ndarray,
-                 offsets: np.ndarray, fluxes: np.ndarray, p0: Sequence[float], lower: Sequence[float],
-                 upper: Sequence[float], tau: float, gtol: float, max_iterations: int) -> _FitOutcome:
-    """Weighted data d fitted by A * weight * sum_k f_k N(s_k Q + P_k) over the ellipse parameters p of Q
-    (`_ellipse_from_parameters`; offsets rows (Pxx, Pxy, Pyy)), with the amplitude A solved linearly at every p
-    (variable projection), by box-clipped Levenberg-Marquardt with Nielsen damping (compiled:
-    `model_flux_kernels.fit_ellipse`). Raises FloatingPointError when the model vanishes at the start."""
-    status, p, amplitude, max_iter = model_flux_kernels.fit_ellipse(
-        np.ascontiguousarray(dx, dtype=np.float64), np.ascontiguousarray(dy, dtype=np.float64),
-        np.ascontiguousarray(data, dtype=np.float64), float(weight), np.ascontiguousarray(scales, dtype=np.float64),
-        np.ascontiguousarray(offsets, dtype=np.float64), np.ascontiguousarray(fluxes, dtype=np.float64),
-        np.asarray(p0, dtype=np.float64), np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64),
-        float(tau), float(gtol), int(max_iterations))
-    if status == model_flux_kernels.STATUS_EMPTY_MODEL:
-        raise FloatingPointError("empty model")
-    return _FitOutcome([float(v) for v in p], float(amplitude), bool(max_iter))
+def _profile_fit(values: np.ndarray) -> ProfileFit:
+    """ProfileFit from the kernels' FIT_FIELDS layout."""
+    flux, flux_err, flag, qxx, qxy, qyy, n_pixels, max_iter = values.tolist()
+    return ProfileFit(flux, flux_err, bool(flag), (qxx, qxy, qyy), int(n_pixels), bool(max_iter))
 
 
 # ------------------------------------------------------------------------------------------- PSF model
@@ -263,7 +187,7 @@ def _psf_offsets(psf: Psf, x: float, y: float, image: np.ndarray | None = None
     grid = np.arange(size, dtype=np.float64) - size // 2
     dx = np.tile(grid - (x - math.floor(x + 0.5)), size)
     dy = np.repeat(grid - (y - math.floor(y + 0.5)), size)
-    return image.ravel(), dx, dy
+    return np.ascontiguousarray(image.ravel(), dtype=np.float64), dx, dy
 
 
 def fit_psf_model(psf: Psf, x: float, y: float, config: ModelFluxConfig | None = None,
@@ -272,28 +196,10 @@ def fit_psf_model(psf: Psf, x: float, y: float, config: ModelFluxConfig | None =
     `image` is `psf.compute_image(x, y)` when the caller has it already."""
     config = config or ModelFluxConfig()
     data, dx, dy = _psf_offsets(psf, x, y, image)
-    ratio2 = config.psf_radius_ratio**2
-    scales = np.array([1.0, ratio2])
-    fluxes = np.array([1.0, config.psf_peak_ratio * ratio2])
-    eta_max = -math.log(config.psf_min_axis_ratio)
-    lower = [-eta_max, -eta_max, math.log(config.psf_min_radius)]
-    upper = [eta_max, eta_max, MAX_LOG_RADIUS]
-    p0 = [0.0, 0.0, math.log(config.psf_initial_radius)]
-    outcome = _fit_ellipse(dx, dy, data, 1.0, scales, np.zeros((2, 3)), fluxes, p0, lower, upper, config.psf_tau,
-                           config.psf_gradient_tolerance, config.max_iterations)
-    inner = _matrix(_ellipse_from_parameters(outcome.parameters))
-    covariances = np.stack([inner, ratio2 * inner])
-    if not config.use_shapelet_terms:
-        coefficients = np.zeros((2, DERIVATIVE_TERMS))
-        coefficients[:, 0] = outcome.amplitude * fluxes
-    else:
-        normal, rhs = model_flux_kernels.derivative_basis_normal_equations(dx, dy, data, covariances)
-        coefficients = np.linalg.solve(normal, rhs).reshape(2, DERIVATIVE_TERMS)
-    # order-0 Gauss-Hermite coefficient of each expansion, as a flux: 2 * integral(f * exp(-r'C^-1 r / 2))
-    inverses = np.linalg.inv(covariances)
-    second = coefficients[:, 3] * inverses[:, 0, 0] + coefficients[:, 4] * inverses[:, 0, 1] \
-        + coefficients[:, 5] * inverses[:, 1, 1]
-    gaussian_fluxes = coefficients[:, 0] - 0.5 * second
+    covariances, coefficients, gaussian_fluxes = model_flux_kernels.psf_model_fit(
+        data, dx, dy, config.psf_radius_ratio, config.psf_peak_ratio, config.psf_initial_radius,
+        config.psf_min_radius, config.psf_min_axis_ratio, config.psf_tau, config.psf_gradient_tolerance,
+        config.max_iterations, config.use_shapelet_terms)
     return PsfModel(covariances, coefficients, gaussian_fluxes)
 
 
@@ -310,18 +216,6 @@ class _FitPixels:
     weight: float
 
 
-def _ellipse_box(q: np.ndarray, x: float, y: float, scale: float) -> tuple[list[int], list[float]]:
-    """Pixel-centre box (x_lo, x_hi, y_lo, y_hi) of the ellipse q * scale^2 centred on (x, y), and its
-    inverse (xx, xy, yy): a pixel centre (px, py) is inside when r'inverse r <= 1, r = (px - x, py - y)."""
-    qs = q * scale * scale
-    half_x, half_y = math.sqrt(qs[0, 0]), math.sqrt(qs[1, 1])
-    if not (math.isfinite(half_x) and math.isfinite(half_y)) or half_x * half_y > 1e8:
-        raise FitRegionError("ellipse too large")
-    inverse = np.linalg.inv(qs)
-    return ([math.ceil(x - half_x), math.floor(x + half_x), math.ceil(y - half_y), math.floor(y + half_y)],
-            [float(inverse[0, 0]), float(inverse[0, 1]), float(inverse[1, 1])])
-
-
 def _grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: int) -> tuple[np.ndarray, np.ndarray]:
     """(ys, xs) of the footprint dilated by a disk of radius `grow` (pixels within Euclidean distance `grow`)."""
     return model_flux_kernels.grown_footprint(np.asarray(footprint_ys, dtype=np.int64),
@@ -330,28 +224,24 @@ def _grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: i
 
 _REGION_ERRORS = {model_flux_kernels.REGION_LEAVES_IMAGE: "fit region leaves the image",
                   model_flux_kernels.REGION_TOO_MANY_BAD: "too many bad pixels",
-                  model_flux_kernels.REGION_BAD_VARIANCE: "non-positive variance"}
+                  model_flux_kernels.REGION_BAD_VARIANCE: "non-positive variance",
+                  model_flux_kernels.REGION_TOO_LARGE: "ellipse too large"}
 
 
 def _fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
                 grown_xs: np.ndarray, x: float, y: float, ellipses: list[np.ndarray],
                 config: ModelFluxConfig) -> _FitPixels:
     """Grown footprint (`_grown_footprint`) U the ellipses x radius_input_factor, minus bad pixels (row-major);
-    the data weighted by 1 / sqrt(mean variance of those pixels). FitRegionError when the region leaves the
-    image, has more than max_bad_pixel_fraction bad pixels, or no positive variance."""
-    boxes, inverses = zip(*(_ellipse_box(q, x, y, config.radius_input_factor) for q in ellipses), strict=True)
-    status, dx, dy, data, weight = model_flux_kernels.fit_region(
+    the data weighted by 1 / sqrt(mean variance of those pixels). FitRegionError when an ellipse is too large,
+    the region leaves the image, has more than max_bad_pixel_fraction bad pixels, or no positive variance."""
+    rows = np.array([[q[0, 0], q[0, 1], q[1, 1]] for q in ellipses], dtype=np.float64)
+    status, dx, dy, data, weight = model_flux_kernels.fit_pixels(
         image, variance, mask, np.asarray(grown_ys, dtype=np.int64), np.asarray(grown_xs, dtype=np.int64),
-        float(x), float(y), np.array(boxes, dtype=np.int64), np.array(inverses), int(config.bad_pixel_bits),
+        float(x), float(y), rows, float(config.radius_input_factor), int(config.bad_pixel_bits),
         float(config.max_bad_pixel_fraction))
     if status != model_flux_kernels.REGION_OK:
         raise FitRegionError(_REGION_ERRORS[status])
     return _FitPixels(dx, dy, data, weight)
-
-
-def _psf_rows(psf_model: PsfModel) -> np.ndarray:
-    """(K, 3) rows (Pxx, Pxy, Pyy) of the PSF component covariances."""
-    return psf_model.covariances.reshape(-1, 4)[:, [0, 1, 3]]
 
 
 def _model_vector(profile: Profile, q: Ellipse, psf_model: PsfModel, dx: np.ndarray, dy: np.ndarray,
@@ -363,105 +253,45 @@ def _model_vector(profile: Profile, q: Ellipse, psf_model: PsfModel, dx: np.ndar
     `model_flux_kernels.profile_model`)."""
     return model_flux_kernels.profile_model(
         np.ascontiguousarray(dx, dtype=np.float64), np.ascontiguousarray(dy, dtype=np.float64), profile.variances,
-        profile.fluxes, float(q[0]), float(q[1]), float(q[2]), np.ascontiguousarray(_psf_rows(psf_model)),
-        psf_model.coefficients, psf_model.gaussian_fluxes, bool(full_psf))
+        profile.fluxes, float(q[0]), float(q[1]), float(q[2]), _psf_rows(psf_model), psf_model.coefficients,
+        psf_model.gaussian_fluxes, bool(full_psf))
 
 
 def _fit_profile(profile: Profile, psf_model: PsfModel, pixels: _FitPixels, q0: np.ndarray,
                  config: ModelFluxConfig) -> ProfileFit:
     """Nonlinear ellipse fit (Gaussian PSF part) then the linear amplitude with the full PSF model."""
-    n_psf = psf_model.covariances.shape[0]
-    eta_max = -math.log(config.min_axis_ratio)
-    lower = [-eta_max, -eta_max, math.log(config.min_radius)]
-    upper = [eta_max, eta_max, MAX_LOG_RADIUS]
-    try:
-        outcome = _fit_ellipse(pixels.dx, pixels.dy, pixels.data, pixels.weight, np.tile(profile.variances, n_psf),
-                               np.repeat(_psf_rows(psf_model), profile.variances.size, axis=0),
-                               np.outer(psf_model.gaussian_fluxes, profile.fluxes).ravel(),
-                               _parameters_from_ellipse(q0), lower, upper, config.tau, config.gradient_tolerance,
-                               config.max_iterations)
-    except FloatingPointError:
-        return ProfileFit(n_pixels=pixels.data.size)
-    q = _ellipse_from_parameters(outcome.parameters)
-    model = _model_vector(profile, q, psf_model, pixels.dx, pixels.dy, config.use_shapelet_terms) * pixels.weight
-    norm2 = float(model @ model)
-    if not norm2 > 0:
-        return ProfileFit(n_pixels=pixels.data.size)
-    flux = float(model @ pixels.data) / norm2
-    large_area = _area(_matrix(q)) >= pixels.data.size
-    return ProfileFit(flux, 1.0 / math.sqrt(norm2), bool(large_area or outcome.max_iter or not math.isfinite(flux)),
-                      q, int(pixels.data.size), outcome.max_iter)
+    return _profile_fit(model_flux_kernels.fit_profile(
+        profile.variances, profile.fluxes, _psf_rows(psf_model), psf_model.coefficients, psf_model.gaussian_fluxes,
+        pixels.dx, pixels.dy, pixels.data, float(pixels.weight), (float(q0[0, 0]), float(q0[0, 1]), float(q0[1, 1])),
+        config.tau, config.gradient_tolerance, config.max_iterations, config.min_axis_ratio, config.min_radius,
+        config.use_shapelet_terms))
 
 
 def initial_ellipse(profile: Profile, psf_model: PsfModel, ixx: float, ixy: float, iyy: float, shape_ok: bool,
                     config: ModelFluxConfig) -> np.ndarray:
     """shape.sdss deconvolved by the PSF model (2013 MultiGaussian::deconvolve), or 0.5 x PSF ellipse."""
-    psf_inner = psf_model.inner
-    fallback = psf_inner * config.min_initial_radius**2
-    moments = np.array([[ixx, ixy], [ixy, iyy]]) if shape_ok else psf_inner
-    if not np.all(np.isfinite(moments)):
-        return fallback
-    psf_fluxes = psf_model.gaussian_fluxes
-    psf_scales = psf_model.covariances[:, 0, 0] / psf_inner[0, 0]
-    total = float(psf_fluxes.sum())
-    q = (moments * total - psf_inner * float(psf_fluxes @ psf_scales)) / (total * profile.mean_variance)
-    eps = np.finfo(np.float64).eps
-    if q[0, 0] < eps or q[1, 1] < eps or q[0, 0] * q[1, 1] - q[0, 1] ** 2 < eps:
-        return fallback
-    if (_trace_radius(q) < _trace_radius(psf_inner) * config.min_initial_radius
-            or _axis_ratio(q) < config.min_axis_ratio):
-        return fallback
-    return q
-
-
-def _fit_one(profile: Profile, image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
-             grown_xs: np.ndarray, x: float, y: float, q0: np.ndarray, psf_model: PsfModel,
-             config: ModelFluxConfig) -> ProfileFit:
-    try:
-        pixels = _fit_pixels(image, variance, mask, grown_ys, grown_xs, x, y, [q0], config)
-    except FitRegionError:
-        return ProfileFit()
-    return _fit_profile(profile, psf_model, pixels, q0, config)
+    return _matrix(model_flux_kernels.initial_ellipse(
+        profile.mean_variance, psf_model.covariances, psf_model.gaussian_fluxes, float(ixx), float(ixy), float(iyy),
+        bool(shape_ok), config.min_initial_radius, config.min_axis_ratio))
 
 
 def _combo(models: np.ndarray, data: np.ndarray, singles: tuple[ProfileFit, ProfileFit]) -> tuple[float, float]:
-    """multishapelet.combo (flux, err) from the weighted exp and dev model vectors (2, N) and the data.
-
-    When the two models are indistinguishable (1 - |cos| < DEGENERATE_COMBO: both fits shrank to the
-    PSF), the joint fit is singular; the 2013 solver then returned huge amplitudes of opposite sign and the
-    sign rule kept one single-profile result, so the de Vaucouleurs result is taken directly.
-    """
-    norms = np.linalg.norm(models, axis=1)
-    if 1.0 - abs(float(models[0] @ models[1])) / float(norms[0] * norms[1]) < DEGENERATE_COMBO:
-        return singles[1].flux, singles[1].flux_err
-    try:
-        amplitudes, covariance = _combo_amplitudes(models, data)
-    except np.linalg.LinAlgError:
-        return math.nan, math.nan
-    return _combo_from_amplitudes(amplitudes, covariance, singles)
+    """multishapelet.combo (flux, err) from the weighted exp and dev model vectors (2, N) and the data
+    (`model_flux_kernels.combo`: 2013 sign rules, indistinguishable models give the de Vaucouleurs result)."""
+    return model_flux_kernels.combo(np.ascontiguousarray(models, dtype=np.float64),
+                                    np.ascontiguousarray(data, dtype=np.float64), singles[0].flux,
+                                    singles[0].flux_err, singles[1].flux, singles[1].flux_err)
 
 
-def _combo_amplitudes(models: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Joint linear least squares of data on the rows of `models` (2, N): solution and covariance."""
-    normal = models @ models.T
-    covariance = np.linalg.inv(normal)
-    return covariance @ (models @ data), covariance
+def _kernel_settings(config: ModelFluxConfig) -> np.ndarray:
+    """The numeric settings of `model_flux_kernels.source_model_fluxes`, in its order."""
+    return np.array([config.grow_footprint, config.radius_input_factor, config.max_bad_pixel_fraction,
+                     config.min_initial_radius, config.min_radius, config.min_axis_ratio, config.tau,
+                     config.gradient_tolerance, config.max_iterations], dtype=np.float64)
 
 
-def _combo_from_amplitudes(amplitudes: np.ndarray, covariance: np.ndarray,
-                           singles: tuple[ProfileFit, ProfileFit]) -> tuple[float, float]:
-    """2013 sign rules: both >= 0 -> sum; one negative -> the other single-profile result; both -> NaN."""
-    a_exp, a_dev = amplitudes
-    if a_exp < 0 and a_dev < 0:
-        return math.nan, math.nan
-    if a_exp < 0:
-        return singles[1].flux, singles[1].flux_err
-    if a_dev < 0:
-        return singles[0].flux, singles[0].flux_err
-    flux = float(a_exp + a_dev)
-    fractions = amplitudes / flux
-    err_squared = float(covariance[0, 0] * fractions[0] + covariance[1, 1] * fractions[1])
-    return flux, math.sqrt(err_squared) if err_squared >= 0 else math.nan
+_PROFILE_VARIANCES = np.stack([EXPONENTIAL.variances, DE_VAUCOULEURS.variances])
+_PROFILE_FLUXES = np.stack([EXPONENTIAL.fluxes, DE_VAUCOULEURS.fluxes])
 
 
 def model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, footprint_ys: np.ndarray,
@@ -472,30 +302,21 @@ def model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, foot
 
     `footprint_ys/xs` are the ungrown footprint pixels (full-frame), (ixx, ixy, iyy) the shape.sdss moments
     and `shape_ok` False when shape.sdss is flagged. Scale the fluxes by p_psf / p (`model_flux_psf_factors`)
-    before aperture correction.
+    before aperture correction. Each profile is fitted on the grown footprint U its initial ellipse x
+    radius_input_factor (`initial_ellipse`); the combo on the grown footprint U both fitted ellipses x
+    radius_input_factor, when neither single fit is flagged.
     """
     config = config or ModelFluxConfig()
     psf_model = psf_model or fit_psf_model(psf, x, y, config)
-    grown_ys, grown_xs = _grown_footprint(np.asarray(footprint_ys), np.asarray(footprint_xs), config.grow_footprint)
-    fits = []
-    for profile in (EXPONENTIAL, DE_VAUCOULEURS):
-        q0 = initial_ellipse(profile, psf_model, ixx, ixy, iyy, shape_ok, config)
-        fits.append(_fit_one(profile, image, variance, mask, grown_ys, grown_xs, x, y, q0, psf_model, config))
-    exp_fit, dev_fit = fits
-    result = ModelFluxResult(exp_fit, dev_fit)
-    if exp_fit.flag or dev_fit.flag or not (math.isfinite(exp_fit.flux) and math.isfinite(dev_fit.flux)):
-        return result
-    try:
-        pixels = _fit_pixels(image, variance, mask, grown_ys, grown_xs, x, y,
-                             [_matrix(exp_fit.ellipse), _matrix(dev_fit.ellipse)], config)
-    except FitRegionError:
-        return result
-    models = np.stack([_model_vector(fit_result_profile, fit_result.ellipse, psf_model, pixels.dx, pixels.dy,
-                                     config.use_shapelet_terms)
-                       for fit_result_profile, fit_result in ((EXPONENTIAL, exp_fit), (DE_VAUCOULEURS, dev_fit))])
-    models *= pixels.weight
-    flux, err = _combo(models, pixels.data, (exp_fit, dev_fit))
-    return ModelFluxResult(exp_fit, dev_fit, flux, err, not math.isfinite(flux))
+    out = model_flux_kernels.source_model_fluxes(
+        image, variance, mask, np.asarray(footprint_ys, dtype=np.int64), np.asarray(footprint_xs, dtype=np.int64),
+        float(x), float(y), float(ixx), float(ixy), float(iyy), bool(shape_ok), _PROFILE_VARIANCES, _PROFILE_FLUXES,
+        psf_model.covariances, psf_model.coefficients, psf_model.gaussian_fluxes, _kernel_settings(config),
+        int(config.bad_pixel_bits), config.use_shapelet_terms)
+    fields = model_flux_kernels.FIT_FIELDS
+    combo_flux, combo_err, combo_flag = out[2 * fields:].tolist()
+    return ModelFluxResult(_profile_fit(out[:fields]), _profile_fit(out[fields:2 * fields]), combo_flux, combo_err,
+                           bool(combo_flag))
 
 
 def model_flux_psf_factors(psf: Psf, x: float, y: float, config: ModelFluxConfig | None = None,
@@ -505,7 +326,7 @@ def model_flux_psf_factors(psf: Psf, x: float, y: float, config: ModelFluxConfig
     config = config or ModelFluxConfig()
     psf_model = psf_model or fit_psf_model(psf, x, y, config)
     image = psf.compute_image(x, y)
-    _, dx, dy = _psf_offsets(psf, x, y)
+    _, dx, dy = _psf_offsets(psf, x, y, image)
     pixels = _FitPixels(dx, dy, image.ravel().astype(np.float64), 1.0)
     q0 = psf_model.inner * config.min_initial_radius**2
     fits = [_fit_profile(profile, psf_model, pixels, q0, config) for profile in (EXPONENTIAL, DE_VAUCOULEURS)]

@@ -1,17 +1,17 @@
-"""Compiled (numba) inner loops of the multishapelet fits: Gaussian sums on the fit pixels and the
-Levenberg-Marquardt ellipse fit with the amplitude solved linearly (variable projection).
+"""Compiled (numba) multishapelet fits: the fit region, the Levenberg-Marquardt ellipse fit with the amplitude
+solved linearly (variable projection), the PSF-convolved profile models, the combo rules and the PSF model.
 
-The mathematics is that of `model_flux` (see its docstring); this module only makes it fast:
+The rules are those documented in `model_flux` (which wraps these functions); this module makes them fast:
 
-* Each fit is one call: the optimiser and every model evaluation run in compiled code, so a fit of a
-  150-pixel source no longer pays for ~40 small numpy calls per evaluation.
-* Gaussians on the pixel grid are evaluated by recurrence along each row of the (row-major) fit pixels:
-  N(dx + 1) = N(dx) R(dx), R(dx + 1) = R(dx) exp(-Cinv_xx), two multiplications instead of an exp. The
-  recurrence restarts (with exp) at every new row run, every RESTART_INTERVAL pixels, and where the Gaussian
-  has fallen below TINY (so that nothing underflows into a run); its relative error stays below ~1e-13.
+* A source is one call (`source_model_fluxes`): the optimiser and every model evaluation run in compiled
+  code, so a fit of a 150-pixel source no longer pays for ~40 small numpy calls per evaluation.
+* Gaussians on the pixel grid are evaluated by recurrence along the rows of the (row-major) fit pixels and
+  from each row's first pixel to the next row's (`_gaussian_matrix`): a few multiplications instead of an
+  exp per pixel. The recurrence restarts (with exp) every RESTART_INTERVAL steps, across long jumps, and
+  where a Gaussian has fallen below TINY (nothing underflows into a run); its relative error stays ~1e-13.
 
-Imported lazily by `model_flux` (numba's import and cached-code load cost ~0.3 s, paid only when model
-fluxes are measured); `cache=True` keeps the compiled code beside this file between runs.
+`cache=True` keeps the compiled code beside this file between runs (numba's import and loading the cached
+code cost ~0.5 s once per process).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 
 # reassociation/contraction only: NaN and inf must keep their IEEE meaning (the fits test them)
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-RESTART_INTERVAL = 64
+RESTART_INTERVAL = 256  # recurrence steps after which the Gaussians are recomputed directly
+MAX_STEP = 8  # longest jump between pixels bridged by the recurrence
 TINY = 1e-280
 
 STATUS_OK = 0
@@ -31,38 +32,91 @@ STATUS_EMPTY_MODEL = 1  # the model vanished at the starting point (the fit has 
 
 
 @numba.njit(cache=True, fastmath=FASTMATH)
-def _continues_row(dx: np.ndarray, dy: np.ndarray, i: int, run_length: int) -> bool:
-    """True when pixel i is the right-hand neighbour of pixel i - 1 and the run may go on."""
-    return (i > 0 and dy[i] == dy[i - 1] and abs(dx[i] - dx[i - 1] - 1.0) < 1e-6
-            and run_length < RESTART_INTERVAL)
+def _integer_step(delta: float) -> int:
+    """delta as an integer number of pixels (offsets of pixel centres differ by integers up to rounding)."""
+    step = round(delta)
+    return int(step) if abs(delta - step) < 1e-6 else MAX_STEP + 1
 
 
 @numba.njit(cache=True, fastmath=FASTMATH)
-def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, steps: np.ndarray, out: np.ndarray
-                     ) -> None:
-    """out[i, k] = exp(-r_i'C_k^-1 r_i / 2) at the offsets r_i = (dx_i, dy_i) for `inverses` (3, K) rows of
-    C_k^-1 (xx, xy, yy): along row runs by recurrence from pixel i - 1, directly at a run's start and for any
-    value below TINY (which could not carry the recurrence)."""
-    n_gauss = steps.size
-    ratios = np.empty(n_gauss)
-    run_length = 0
+def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: np.ndarray) -> None:
+    """out[i, k] = exp(-r_i'C_k^-1 r_i / 2) at the offsets r_i = (dx_i, dy_i) of row-major pixels, for
+    `inverses` (3, K) rows of C_k^-1 (xx, xy, yy).
+
+    With R(x, y) = N(x + 1, y) / N(x, y) and V(x, y) = N(x, y + 1) / N(x, y):
+    N(x + 1, y) = N R, R(x + 1, y) = R exp(-Cinv_xx), V(x + 1, y) = V exp(-Cinv_xy),
+    N(x, y + 1) = N V, R(x, y + 1) = R exp(-Cinv_xy), V(x, y + 1) = V exp(-Cinv_yy).
+    A pixel up to MAX_STEP to the right of the previous one follows along the row; the first pixel of a row
+    follows from the first pixel of the row above (up to MAX_STEP columns away, either side). Values are
+    computed directly (exp) at the first pixel, after RESTART_INTERVAL recurrence steps, where a row has no
+    row above or a jump is longer, and for any value outside [TINY, 2] (underflow cannot carry a recurrence).
+    """
+    n_gauss = inverses.shape[1]
+    step_x, step_xy, step_y = np.exp(-inverses[0]), np.exp(-inverses[1]), np.exp(-inverses[2])
+    ratio_x = np.empty(n_gauss)
+    start_value, start_ratio_x, start_ratio_y = np.empty(n_gauss), np.empty(n_gauss), np.empty(n_gauss)
+    start_x = start_y = math.nan
+    chain = RESTART_INTERVAL
     for i in range(dx.size):
         x, y = dx[i], dy[i]
-        restart = not _continues_row(dx, dy, i, run_length)
-        run_length = 0 if restart else run_length + 1
-        n_tiny = 0
-        if not restart:
+        jump = MAX_STEP + 1
+        new_row = i == 0 or y != dy[i - 1]
+        if chain < RESTART_INTERVAL:
+            if not new_row:
+                jump = _integer_step(x - dx[i - 1])
+                if jump < 1:
+                    jump = MAX_STEP + 1
+            elif _integer_step(y - start_y) == 1:
+                jump = _integer_step(x - start_x)
+        recurrence = abs(jump) <= MAX_STEP
+        n_invalid = 0  # values a recurrence cannot carry (underflow, or not finite)
+        if recurrence and not new_row:
+            if jump == 1:  # the common case: min / max / sum reductions keep this loop vectorised
+                smallest, largest, total = 1.0, 1.0, 0.0
+                for k in range(n_gauss):
+                    value = out[i - 1, k] * ratio_x[k]
+                    ratio_x[k] *= step_x[k]
+                    out[i, k] = value
+                    smallest, largest, total = min(smallest, value), max(largest, value), total + value
+                n_invalid = 0 if smallest >= TINY and largest <= 2.0 and total == total else 1
+            else:
+                for k in range(n_gauss):
+                    value, ratio = out[i - 1, k], ratio_x[k]
+                    for _ in range(jump):
+                        value *= ratio
+                        ratio *= step_x[k]
+                    out[i, k], ratio_x[k] = value, ratio
+                    n_invalid += not (TINY <= value <= 2.0)
+            chain += jump
+        elif recurrence:
             for k in range(n_gauss):
-                value = out[i - 1, k] * ratios[k]
-                ratios[k] *= steps[k]
-                out[i, k] = value
-                n_tiny += value < TINY
-        if restart or n_tiny:
+                value = start_value[k] * start_ratio_y[k]
+                ratio, ratio_y = start_ratio_x[k] * step_xy[k], start_ratio_y[k] * step_y[k]
+                for _ in range(jump):
+                    value *= ratio
+                    ratio *= step_x[k]
+                    ratio_y *= step_xy[k]
+                for _ in range(-jump):
+                    ratio /= step_x[k]
+                    value /= ratio
+                    ratio_y /= step_xy[k]
+                out[i, k], ratio_x[k] = value, ratio
+                start_value[k], start_ratio_x[k], start_ratio_y[k] = value, ratio, ratio_y
+                n_invalid += not (TINY <= value <= 2.0)
+            chain += 1 + abs(jump)
+        else:
+            chain = 0
+        if not recurrence or n_invalid:
             for k in range(n_gauss):
-                if restart or out[i, k] < TINY:
+                if not recurrence or not (TINY <= out[i, k] <= 2.0):
                     ixx, ixy, iyy = inverses[0, k], inverses[1, k], inverses[2, k]
                     out[i, k] = math.exp(-0.5 * (ixx * x * x + 2.0 * ixy * x * y + iyy * y * y))
-                    ratios[k] = math.exp(-(ixx * (x + 0.5) + ixy * y))
+                    ratio_x[k] = math.exp(-(ixx * (x + 0.5) + ixy * y))
+                    if new_row:
+                        start_value[k], start_ratio_x[k] = out[i, k], ratio_x[k]
+                        start_ratio_y[k] = math.exp(-(iyy * (y + 0.5) + ixy * x))
+        if new_row:
+            start_x, start_y = x, y
 
 
 @numba.njit(cache=True)
@@ -110,7 +164,6 @@ def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, s
     jacobian = np.empty((3, 3))
     _ellipse_jacobian(p[0], p[1], p[2], jacobian)
     inverses = np.empty((3, n_gauss))
-    steps = np.empty(n_gauss)
     # coefficients[k, 4 b + j]: of the monomials (dx^2, dx dy, dy^2, 1) in dm/dp_b; [k, 12]: of the model
     coefficients = np.empty((n_gauss, 13))
     for k in range(n_gauss):
@@ -120,7 +173,6 @@ def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, s
         det = cxx * cyy - cxy * cxy
         ixx, ixy, iyy = cyy / det, -cxy / det, cxx / det
         inverses[0, k], inverses[1, k], inverses[2, k] = ixx, ixy, iyy
-        steps[k] = math.exp(-ixx)
         model_coefficient = weight * norm_fluxes[k] / math.sqrt(det)
         scaled = model_coefficient * scales[k]
         # d N / d(Qxx, Qxy, Qyy) / N as polynomials in (dx^2, dx dy, dy^2, 1) (Qxy enters C twice)
@@ -132,7 +184,7 @@ def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, s
                 coefficients[k, 4 * b + j] = scaled * (jacobian[0, b] * d_xx[j] + jacobian[1, b] * d_xy[j]
                                                        + jacobian[2, b] * d_yy[j])
         coefficients[k, 12] = model_coefficient
-    _gaussian_matrix(dx, dy, inverses, steps, gaussian_work)
+    _gaussian_matrix(dx, dy, inverses, gaussian_work)
     sums_all = np.dot(gaussian_work, coefficients)  # (N, 13)
     mm = m1 = m2 = m3 = md = 0.0
     g11 = g12 = g13 = g22 = g23 = g33 = d1 = d2 = d3 = 0.0
@@ -283,12 +335,8 @@ def polynomial_gaussian_sum(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray
                             ) -> np.ndarray:
     """sum_k N_k (c_k . (1, dx, dy, dx^2, dx dy, dy^2)) at the offsets, N_k = exp(-r'C_k^-1 r / 2) with
     `inverses` (3, K) rows of C_k^-1 (xx, xy, yy) and `polynomial` (K, 6) (fold the normalisation into it)."""
-    n_gauss = inverses.shape[1]
-    steps = np.empty(n_gauss)
-    for k in range(n_gauss):
-        steps[k] = math.exp(-inverses[0, k])
-    gaussians = np.empty((dx.size, n_gauss))
-    _gaussian_matrix(dx, dy, inverses, steps, gaussians)
+    gaussians = np.empty((dx.size, inverses.shape[1]))
+    _gaussian_matrix(dx, dy, inverses, gaussians)
     sums = np.dot(gaussians, polynomial)  # (N, 6)
     model = np.empty(dx.size)
     for i in range(dx.size):
@@ -467,3 +515,250 @@ def grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: in
                 ys[n], xs[n] = ry + y0, rx + x0
                 n += 1
     return ys, xs
+
+
+# ------------------------------------------------------------------------- whole fits (model_flux's rules)
+
+REGION_TOO_LARGE = 4
+DEGENERATE_COMBO = 1e-8  # 1 - |cos| of the exp and dev model vectors below which they are one model
+MAX_LOG_RADIUS = math.log(1e4)  # ellipse radii are capped at 10^4 px (the fit then fails the area test)
+EPSILON = np.finfo(np.float64).eps
+# layout of a profile fit: flux, flux_err, flag, Qxx, Qxy, Qyy, n_pixels, max_iter
+FIT_FIELDS = 8
+
+
+@numba.njit(cache=True)
+def parameters_from_ellipse(qxx: float, qxy: float, qyy: float) -> tuple[float, float, float]:
+    """(eta1, eta2, ln r) of the quadrupole (inverse of `_ellipse`)."""
+    r2 = math.sqrt(qxx * qyy - qxy * qxy)
+    m00, m01, m11 = qxx / r2, qxy / r2, qyy / r2
+    eta = math.acosh(max(0.5 * (m00 + m11), 1.0))
+    if eta < 1e-12:
+        return 0.0, 0.0, 0.5 * math.log(r2)
+    s = math.sinh(eta) / eta
+    return 0.5 * (m00 - m11) / s, m01 / s, 0.5 * math.log(r2)
+
+
+@numba.njit(cache=True)
+def _trace_radius(qxx: float, qyy: float) -> float:
+    return math.sqrt(max(0.5 * (qxx + qyy), 0.0))
+
+
+@numba.njit(cache=True)
+def _axis_ratio(qxx: float, qxy: float, qyy: float) -> float:
+    half_trace = 0.5 * (qxx + qyy)
+    split = math.hypot(0.5 * (qxx - qyy), qxy)
+    major, minor = half_trace + split, half_trace - split
+    return math.sqrt(minor / major) if major > 0 and minor > 0 else 0.0
+
+
+@numba.njit(cache=True)
+def initial_ellipse(mean_variance: float, psf_covariances: np.ndarray, psf_gaussian_fluxes: np.ndarray, ixx: float,
+                    ixy: float, iyy: float, shape_ok: bool, min_initial_radius: float, min_axis_ratio: float
+                    ) -> tuple[float, float, float]:
+    """shape.sdss moments deconvolved by the PSF model (2013 MultiGaussian::deconvolve) for a profile of
+    `mean_variance`, or the inner PSF ellipse x min_initial_radius^2 when that is not a valid ellipse."""
+    pxx, pxy, pyy = psf_covariances[0, 0, 0], psf_covariances[0, 0, 1], psf_covariances[0, 1, 1]
+    factor = min_initial_radius**2
+    fallback = (pxx * factor, pxy * factor, pyy * factor)
+    mxx, mxy, myy = (ixx, ixy, iyy) if shape_ok else (pxx, pxy, pyy)
+    if not (math.isfinite(mxx) and math.isfinite(mxy) and math.isfinite(myy)):
+        return fallback
+    total = 0.0
+    weighted_scale = 0.0
+    for c in range(psf_gaussian_fluxes.size):
+        total += psf_gaussian_fluxes[c]
+        weighted_scale += psf_gaussian_fluxes[c] * (psf_covariances[c, 0, 0] / pxx)
+    denominator = total * mean_variance
+    qxx = (mxx * total - pxx * weighted_scale) / denominator
+    qxy = (mxy * total - pxy * weighted_scale) / denominator
+    qyy = (myy * total - pyy * weighted_scale) / denominator
+    if qxx < EPSILON or qyy < EPSILON or qxx * qyy - qxy**2 < EPSILON:
+        return fallback
+    if (_trace_radius(qxx, qyy) < _trace_radius(pxx, pyy) * min_initial_radius
+            or _axis_ratio(qxx, qxy, qyy) < min_axis_ratio):
+        return fallback
+    return qxx, qxy, qyy
+
+
+@numba.njit(cache=True)
+def fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
+               grown_xs: np.ndarray, x: float, y: float, ellipses: np.ndarray, scale: float, bad_bits: int,
+               max_bad_fraction: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, float]:
+    """`fit_region` of the grown footprint U the ellipses (rows Qxx, Qxy, Qyy) x scale; REGION_TOO_LARGE
+    when an ellipse is not finite or covers more than ~4e8 pixels."""
+    boxes = np.empty((ellipses.shape[0], 4), dtype=np.int64)
+    inverses = np.empty((ellipses.shape[0], 3))
+    for e in range(ellipses.shape[0]):
+        sxx, sxy, syy = ellipses[e, 0] * scale * scale, ellipses[e, 1] * scale * scale, ellipses[e, 2] * scale * scale
+        half_x, half_y = math.sqrt(sxx), math.sqrt(syy)
+        if not (math.isfinite(half_x) and math.isfinite(half_y)) or half_x * half_y > 1e8:
+            return REGION_TOO_LARGE, np.empty(0), np.empty(0), np.empty(0), 0.0
+        boxes[e, 0], boxes[e, 1] = math.ceil(x - half_x), math.floor(x + half_x)
+        boxes[e, 2], boxes[e, 3] = math.ceil(y - half_y), math.floor(y + half_y)
+        det = sxx * syy - sxy * sxy
+        inverses[e, 0], inverses[e, 1], inverses[e, 2] = syy / det, -sxy / det, sxx / det
+    return fit_region(image, variance, mask, grown_ys, grown_xs, x, y, boxes, inverses, bad_bits, max_bad_fraction)
+
+
+@numba.njit(cache=True)
+def fit_profile(variances: np.ndarray, fluxes: np.ndarray, psf_rows: np.ndarray, psf_coefficients: np.ndarray,
+                psf_gaussian_fluxes: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
+                q0: tuple[float, float, float], tau: float, gtol: float, max_iterations: int,
+                min_axis_ratio: float, min_radius: float, full_psf: bool) -> np.ndarray:
+    """One profile fit (layout FIT_FIELDS): the LM ellipse fit with the Gaussian part of the PSF model, then
+    the flux F = m.d / m.m and error 1/|m| with the full PSF model; flagged when the fit ran out of iterations,
+    its ellipse's area reaches the number of pixels, or the flux is not finite."""
+    n_psf, n_profile = psf_rows.shape[0], variances.size
+    n_gauss = n_psf * n_profile
+    scales, offsets, mixture = np.empty(n_gauss), np.empty((n_gauss, 3)), np.empty(n_gauss)
+    for c in range(n_psf):
+        for g in range(n_profile):
+            k = c * n_profile + g
+            scales[k] = variances[g]
+            offsets[k] = psf_rows[c]
+            mixture[k] = psf_gaussian_fluxes[c] * fluxes[g]
+    eta_max = -math.log(min_axis_ratio)
+    lower = np.array([-eta_max, -eta_max, math.log(min_radius)])
+    upper = np.array([eta_max, eta_max, MAX_LOG_RADIUS])
+    result = np.full(FIT_FIELDS, np.nan)
+    result[2], result[6], result[7] = 1.0, dx.size, 0.0
+    p0 = np.array(parameters_from_ellipse(q0[0], q0[1], q0[2]))
+    status, p, _, max_iter = fit_ellipse(dx, dy, data, weight, scales, offsets, mixture, p0, lower, upper, tau,
+                                         gtol, max_iterations)
+    if status != STATUS_OK:
+        return result
+    qxx, qxy, qyy = _ellipse(p[0], p[1], p[2])
+    model = profile_model(dx, dy, variances, fluxes, qxx, qxy, qyy, psf_rows, psf_coefficients,
+                          psf_gaussian_fluxes, full_psf) * weight
+    norm2 = np.dot(model, model)
+    if not norm2 > 0:
+        return result
+    flux = np.dot(model, data) / norm2
+    det = qxx * qyy - qxy * qxy
+    large_area = (math.pi * math.sqrt(det) if det > 0 else 0.0) >= dx.size
+    result[0], result[1] = flux, 1.0 / math.sqrt(norm2)
+    result[2] = 1.0 if (large_area or max_iter or not math.isfinite(flux)) else 0.0
+    result[3], result[4], result[5], result[7] = qxx, qxy, qyy, 1.0 if max_iter else 0.0
+    return result
+
+
+@numba.njit(cache=True)
+def combo(models: np.ndarray, data: np.ndarray, exp_flux: float, exp_err: float, dev_flux: float,
+          dev_err: float) -> tuple[float, float]:
+    """multishapelet.combo (flux, err) from the weighted exp and dev model vectors (2, N) and the data.
+
+    The joint linear fit of both models; 2013 sign rules: both amplitudes >= 0 -> their sum; one negative
+    -> the other single-profile result; both -> NaN. When the two models are indistinguishable
+    (1 - |cos| < DEGENERATE_COMBO: both fits shrank to the PSF) the joint fit is singular; the 2013 solver then
+    returned huge amplitudes of opposite sign and the sign rule kept one single-profile result, so the de
+    Vaucouleurs result is taken directly."""
+    m00, m01, m11 = np.dot(models[0], models[0]), np.dot(models[0], models[1]), np.dot(models[1], models[1])
+    if 1.0 - abs(m01) / (math.sqrt(m00) * math.sqrt(m11)) < DEGENERATE_COMBO:
+        return dev_flux, dev_err
+    det = m00 * m11 - m01 * m01
+    if det == 0.0:
+        return math.nan, math.nan
+    c00, c01, c11 = m11 / det, -m01 / det, m00 / det
+    b0, b1 = np.dot(models[0], data), np.dot(models[1], data)
+    a_exp, a_dev = c00 * b0 + c01 * b1, c01 * b0 + c11 * b1
+    if a_exp < 0 and a_dev < 0:
+        return math.nan, math.nan
+    if a_exp < 0:
+        return dev_flux, dev_err
+    if a_dev < 0:
+        return exp_flux, exp_err
+    flux = a_exp + a_dev
+    err_squared = c00 * (a_exp / flux) + c11 * (a_dev / flux)
+    return flux, math.sqrt(err_squared) if err_squared >= 0 else math.nan
+
+
+@numba.njit(cache=True)
+def source_model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, footprint_ys: np.ndarray,
+                        footprint_xs: np.ndarray, x: float, y: float, ixx: float, ixy: float, iyy: float,
+                        shape_ok: bool, profile_variances: np.ndarray, profile_fluxes: np.ndarray,
+                        psf_covariances: np.ndarray, psf_coefficients: np.ndarray, psf_gaussian_fluxes: np.ndarray,
+                        settings: np.ndarray, bad_bits: int, full_psf: bool) -> np.ndarray:
+    """exp and dev fits (2 x FIT_FIELDS) and combo (flux, err, flag) of one source, as model_flux.model_fluxes.
+
+    profile_variances / profile_fluxes: (2, G) for exp, dev; settings: grow_footprint, radius_input_factor,
+    max_bad_pixel_fraction, min_initial_radius, min_radius, min_axis_ratio, tau, gradient_tolerance,
+    max_iterations."""
+    grow, scale, max_bad, min_initial_radius = int(settings[0]), settings[1], settings[2], settings[3]
+    min_radius, min_axis_ratio, tau, gtol, max_iterations = (settings[4], settings[5], settings[6], settings[7],
+                                                             int(settings[8]))
+    psf_rows = np.empty((psf_covariances.shape[0], 3))
+    for c in range(psf_covariances.shape[0]):
+        psf_rows[c, 0], psf_rows[c, 1], psf_rows[c, 2] = (psf_covariances[c, 0, 0], psf_covariances[c, 0, 1],
+                                                          psf_covariances[c, 1, 1])
+    grown_ys, grown_xs = grown_footprint(footprint_ys, footprint_xs, grow)
+    out = np.full(2 * FIT_FIELDS + 3, np.nan)
+    ellipses = np.empty((2, 3))
+    for j in range(2):
+        fit = out[j * FIT_FIELDS:(j + 1) * FIT_FIELDS]
+        fit[2], fit[6], fit[7] = 1.0, 0.0, 0.0
+        mean_variance = np.dot(profile_fluxes[j], profile_variances[j])
+        q0 = initial_ellipse(mean_variance, psf_covariances, psf_gaussian_fluxes, ixx, ixy, iyy, shape_ok,
+                             min_initial_radius, min_axis_ratio)
+        ellipses[0, 0], ellipses[0, 1], ellipses[0, 2] = q0
+        status, dx, dy, data, weight = fit_pixels(image, variance, mask, grown_ys, grown_xs, x, y, ellipses[:1],
+                                                  scale, bad_bits, max_bad)
+        if status != REGION_OK:
+            continue
+        fit[:] = fit_profile(profile_variances[j], profile_fluxes[j], psf_rows, psf_coefficients,
+                             psf_gaussian_fluxes, dx, dy, data, weight, q0, tau, gtol, max_iterations,
+                             min_axis_ratio, min_radius, full_psf)
+    exp_fit, dev_fit = out[:FIT_FIELDS], out[FIT_FIELDS:2 * FIT_FIELDS]
+    out[2 * FIT_FIELDS + 2] = 1.0
+    if exp_fit[2] or dev_fit[2] or not (math.isfinite(exp_fit[0]) and math.isfinite(dev_fit[0])):
+        return out
+    ellipses[0], ellipses[1] = exp_fit[3:6], dev_fit[3:6]
+    status, dx, dy, data, weight = fit_pixels(image, variance, mask, grown_ys, grown_xs, x, y, ellipses, scale,
+                                              bad_bits, max_bad)
+    if status != REGION_OK:
+        return out
+    models = np.empty((2, dx.size))
+    for j, fit in enumerate((exp_fit, dev_fit)):
+        models[j] = profile_model(dx, dy, profile_variances[j], profile_fluxes[j], fit[3], fit[4], fit[5], psf_rows,
+                                  psf_coefficients, psf_gaussian_fluxes, full_psf) * weight
+    flux, err = combo(models, data, exp_fit[0], exp_fit[1], dev_fit[0], dev_fit[1])
+    out[2 * FIT_FIELDS], out[2 * FIT_FIELDS + 1] = flux, err
+    out[2 * FIT_FIELDS + 2] = 0.0 if math.isfinite(flux) else 1.0
+    return out
+
+
+@numba.njit(cache=True)
+def psf_model_fit(data: np.ndarray, dx: np.ndarray, dy: np.ndarray, radius_ratio: float, peak_ratio: float,
+                  initial_radius: float, min_radius: float, min_axis_ratio: float, tau: float, gtol: float,
+                  max_iterations: int, full_psf: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """multishapelet.psf of a unit-sum PSF image: the double-Gaussian ellipse fit (outer = radius_ratio x
+    inner, outer peak = peak_ratio x inner), then the order-2 expansions of both components by linear least
+    squares (or the plain double Gaussian when not `full_psf`). Returns the component covariances (2, 2, 2),
+    the derivative-basis coefficients (2, 6) and the order-0 Gauss-Hermite parts as fluxes (2,)."""
+    ratio2 = radius_ratio**2
+    scales = np.array([1.0, ratio2])
+    fluxes = np.array([1.0, peak_ratio * ratio2])
+    eta_max = -math.log(min_axis_ratio)
+    lower = np.array([-eta_max, -eta_max, math.log(min_radius)])
+    upper = np.array([eta_max, eta_max, MAX_LOG_RADIUS])
+    _, p, amplitude, _ = fit_ellipse(dx, dy, data, 1.0, scales, np.zeros((2, 3)), fluxes,
+                                     np.array([0.0, 0.0, math.log(initial_radius)]), lower, upper, tau, gtol,
+                                     max_iterations)
+    qxx, qxy, qyy = _ellipse(p[0], p[1], p[2])
+    covariances = np.empty((2, 2, 2))
+    for c in range(2):
+        covariances[c, 0, 0], covariances[c, 0, 1] = scales[c] * qxx, scales[c] * qxy
+        covariances[c, 1, 0], covariances[c, 1, 1] = scales[c] * qxy, scales[c] * qyy
+    if full_psf:
+        normal, rhs = derivative_basis_normal_equations(dx, dy, data, covariances)
+        coefficients = np.linalg.solve(normal, rhs).reshape(2, 6)
+    else:
+        coefficients = np.zeros((2, 6))
+        coefficients[:, 0] = amplitude * fluxes
+    gaussian_fluxes = np.empty(2)
+    for c in range(2):
+        cxx, cxy, cyy = covariances[c, 0, 0], covariances[c, 0, 1], covariances[c, 1, 1]
+        det = cxx * cyy - cxy * cxy
+        second = (coefficients[c, 3] * cyy - coefficients[c, 4] * cxy + coefficients[c, 5] * cxx) / det
+        gaussian_fluxes[c] = coefficients[c, 0] - 0.5 * second
+    return covariances, coefficients, gaussian_fluxes
