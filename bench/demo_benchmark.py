@@ -5,9 +5,10 @@
 
 1. CLI import time: `python -X importtime -c "import processccd.cli.process_ccd"` (cumulative time of that
    module) and the wall time of `process-ccd --help`, medians of 5 runs.
-2. The demo, `process-ccd input --id run=4192 ... --id run=6377 ... --output TMP -j 1 --clobber-output` then
-   `export-results TMP`, as subprocesses: --warmup runs, then --repeat timed runs. Per run: wall time, CPU
-   time (user+sys of the children, getrusage(RUSAGE_CHILDREN) deltas) and peak RSS of each child (wait4).
+2. The demo, `process-ccd input --id run=4192 ... --id run=6377 ... --output TMP --clobber-output` then
+   `export-results TMP`, as subprocesses, for each --jobs setting: "default" (process-ccd's own default, one
+   worker process per core) and 1 (`-j 1`, everything in one process): --warmup runs, then --repeat timed runs.
+   Per run: wall time, CPU time (user+sys of all descendants) and the peak RSS of the largest single process.
 3. CPU seconds per frame of each stage, in-process, by bench/benchmark.py's `time_frame`.
 4. When `source-extractor` is on the PATH: SExtractor 2.x on the same prepared frames (fpC - 1000, trimmed to
    2048x1361, float32 FITS, no weight map: SExtractor's own 512-px background RMS mesh, as LSST's single
@@ -140,12 +141,12 @@ def cli_import_time(runs: int = 5) -> dict[str, float]:
     return {"import_s": statistics.median(import_seconds), "help_wall_s": statistics.median(help_seconds)}
 
 
-def demo_run(input_repo: Path, output: Path) -> dict[str, dict[str, float]]:
-    """The demo commands once: process-ccd -j 1 on the 10 frames, then export-results into a file."""
+def demo_run(input_repo: Path, output: Path, jobs: str) -> dict[str, dict[str, float]]:
+    """The demo commands once: process-ccd on the 10 frames (`-j jobs` unless "default"), then export-results."""
     command = [tool("process-ccd"), str(input_repo)]
     for expression in DEMO_IDS:
         command += ["--id", *expression.split()]
-    command += ["--output", str(output), "-j", "1", "--clobber-output"]
+    command += ["--output", str(output), "--clobber-output"] + ([] if jobs == "default" else ["-j", jobs])
     process = run_child(command)
     listing = output.parent / "detected-sources.txt"
     export = run_child([tool("export-results"), str(output)], stdout_path=listing)
@@ -274,12 +275,14 @@ def print_report(results: dict) -> None:
     cli = results["cli"]
     print(f"CLI: import processccd.cli.process_ccd {cli['import_s']:.3f} s, process-ccd --help "
           f"{cli['help_wall_s']:.3f} s wall (medians)")
-    demo = results["demo"]["median"]
-    print(f"demo, median of {len(results['demo']['runs'])} runs:")
-    for part in ("process_ccd", "export_results", "total"):
-        row = demo[part]
-        print(f"  {part:<15} wall {row['wall']:7.2f} s  CPU {row['cpu']:7.2f} s  peak RSS {row['peak_rss_mb']:6.0f} MB")
-    print(f"  sources listed: {int(demo['total']['sources'])}")
+    for jobs, block in results["demo"].items():
+        demo = block["median"]
+        print(f"demo with jobs={jobs}, median of {len(block['runs'])} runs:")
+        for part in ("process_ccd", "export_results", "total"):
+            row = demo[part]
+            print(f"  {part:<15} wall {row['wall']:7.2f} s  CPU {row['cpu']:7.2f} s  "
+                  f"peak RSS {row['peak_rss_mb']:6.0f} MB")
+        print(f"  sources listed: {int(demo['total']['sources'])}")
     stages = results.get("stages")
     if stages:
         print("CPU s per frame (mean of the 10 frames; in-process, bench/benchmark.py's time_frame):")
@@ -289,9 +292,11 @@ def print_report(results: dict) -> None:
                 print(f"    {key:<32}{statistics.fmean(row[group][key] for row in stages.values()):8.3f}")
     for block in results.get("sextractor", {}).get("runs", []):
         median = block["median"]
+        ratios = "; ".join(f"jobs={jobs}: wall {ratio['wall']:.2f}x CPU {ratio['cpu']:.2f}x"
+                           for jobs, ratio in block["ratios"].items())
         print(f"SExtractor ({block['mode']} threshold), 10 frames serially, median of {len(block['passes'])}: "
               f"wall {median['wall']:.2f} s  CPU {median['cpu']:.2f} s  peak RSS {median['peak_rss_mb']:.0f} MB; "
-              f"processccd/SExtractor wall {block['ratio_wall']:.1f}x  CPU {block['ratio_cpu']:.1f}x")
+              f"processccd/SExtractor {ratios}")
     if "sextractor" not in results:
         return
     runs = {block["mode"]: block["frames"] for block in results["sextractor"]["runs"]}
@@ -309,6 +314,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed demo runs and SExtractor passes")
     parser.add_argument("--warmup", type=int, default=1, help="untimed demo runs / SExtractor passes first")
     parser.add_argument("--stage-repeat", type=int, default=1, help="in-process stage timings per frame")
+    parser.add_argument("--jobs", action="append", default=None,
+                        help="process-ccd -j setting to time, repeatable (default: 'default' and '1')")
     parser.add_argument("--skip-stages", action="store_true", help="no in-process per-stage timing")
     parser.add_argument("--skip-sextractor", action="store_true", help="no SExtractor comparison")
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "results" / f"demo-{datetime.date.today()}.json")
@@ -320,12 +327,14 @@ def main() -> None:
                      "load_average_start": [round(v, 2) for v in os.getloadavg()],
                      "repeat": args.repeat, "warmup": args.warmup}
     results["cli"] = cli_import_time()
-    with tempfile.TemporaryDirectory(prefix="demo-bench-") as tmp:
-        output = Path(tmp) / "TMP"
-        for _ in range(args.warmup):
-            demo_run(input_repo, output)
-        runs = [demo_run(input_repo, output) for _ in range(args.repeat)]
-    results["demo"] = {"runs": runs, "median": median_of(runs)}
+    results["demo"] = {}
+    for jobs in args.jobs or ["default", "1"]:
+        with tempfile.TemporaryDirectory(prefix="demo-bench-") as tmp:
+            output = Path(tmp) / "TMP"
+            for _ in range(args.warmup):
+                demo_run(input_repo, output, jobs)
+            runs = [demo_run(input_repo, output, jobs) for _ in range(args.repeat)]
+        results["demo"][jobs] = {"runs": runs, "median": median_of(runs)}
     if not args.skip_stages:
         results["stages"] = stage_times(input_repo, args.stage_repeat)
     executable = shutil.which("source-extractor")
@@ -339,10 +348,10 @@ def main() -> None:
             frames = prepare_sextractor_frames(input_repo, Path(workdir))
             blocks = [sextractor_benchmark(executable, frames, mode, args.warmup, args.repeat)
                       for mode in ("lsst", "raw")]
-        demo = results["demo"]["median"]["total"]
         for block in blocks:
-            block["ratio_wall"] = demo["wall"] / block["median"]["wall"]
-            block["ratio_cpu"] = demo["cpu"] / block["median"]["cpu"]
+            block["ratios"] = {jobs: {"wall": demo["median"]["total"]["wall"] / block["median"]["wall"],
+                                      "cpu": demo["median"]["total"]["cpu"] / block["median"]["cpu"]}
+                               for jobs, demo in results["demo"].items()}
         results["sextractor"] = {"version": sextractor_version(executable), "weight": "none (background RMS mesh)",
                                  "frames": [{k: v for k, v in f.items() if k in ("label", "psf_sigma", "kernel_size",
                                                                                    "noise_factor")} for f in frames],
