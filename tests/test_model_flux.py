@@ -640,3 +640,16 @@ def test_gaussians_by_recurrence_equal_direct_evaluation() -> None:
     significant = expected > 1e-20
     np.testing.assert_allclose(out[significant], expected[significant], rtol=1e-12)
     np.testing.assert_allclose(out[~significant], expected[~significant], rtol=1e-6, atol=1e-300)
+
+
+def test_blank_image_gives_flagged_nan_fluxes_not_an_exception() -> None:
+    """A region of zeros: the models' data term vanishes; divisions by zero give NaN/inf (numpy rules)."""
+    image = np.zeros((60, 60), dtype=np.float32)
+    variance = np.ones((60, 60), dtype=np.float32)
+    mask = np.zeros((60, 60), dtype=np.uint16)
+    psf = GaussianPsf(1.5)
+    result = model_fluxes(image, variance, mask, np.array([30]), np.array([30]), 30.0, 30.0, 3.0, 0.0, 3.0, True,
+                          psf)
+    assert (result.exp.flux, result.dev.flux, result.combo_flux) == (0.0, 0.0, 0.0)
+    assert result.exp.flux_err > 0 and result.dev.flux_err > 0
+    assert math.isnan(result.combo_flux_err)  # 0 / 0 amplitude fractions, as the numpy rules give

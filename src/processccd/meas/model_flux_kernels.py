@@ -10,8 +10,9 @@ The rules are those documented in `model_flux` (which wraps these functions); th
   exp per pixel. The recurrence restarts (with exp) every RESTART_INTERVAL steps, across long jumps, and
   where a Gaussian has fallen below TINY (nothing underflows into a run); its relative error stays ~1e-13.
 
-`cache=True` keeps the compiled code beside this file between runs (numba's import and loading the cached
-code cost ~0.5 s once per process).
+Every function uses numba's "numpy" error model: a float division by zero gives inf / NaN as in numpy (the
+rules below test for them) instead of raising ZeroDivisionError. `cache=True` keeps the compiled code beside
+this file between runs (numba's import and loading the cached code cost ~0.5 s once per process).
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ STATUS_OK = 0
 STATUS_EMPTY_MODEL = 1  # the model vanished at the starting point (the fit has no result)
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _integer_step(delta: float) -> int:
     """delta as an integer number of pixels (offsets of pixel centres differ by integers up to rounding)."""
     step = round(delta)
     return int(step) if abs(delta - step) < 1e-6 else MAX_STEP + 1
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: np.ndarray) -> None:
     """out[i, k] = exp(-r_i'C_k^-1 r_i / 2) at the offsets r_i = (dx_i, dy_i) of row-major pixels, for
     `inverses` (3, K) rows of C_k^-1 (xx, xy, yy).
@@ -119,7 +120,7 @@ def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: 
             start_x, start_y = x, y
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _ellipse(p0: float, p1: float, p2: float) -> tuple[float, float, float]:
     """(Qxx, Qxy, Qyy) from (eta1, eta2, ln r), as model_flux._ellipse_from_parameters."""
     eta = math.hypot(p0, p1)
@@ -130,7 +131,7 @@ def _ellipse(p0: float, p1: float, p2: float) -> tuple[float, float, float]:
     return r2 * (c + s * p0), r2 * (s * p1), r2 * (c - s * p0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _ellipse_jacobian(p0: float, p1: float, p2: float, jacobian: np.ndarray) -> None:
     """jacobian[a, b] = dQ_a / dp_b (a over Qxx, Qxy, Qyy), as model_flux._ellipse_jacobian."""
     eta = math.hypot(p0, p1)
@@ -152,7 +153,7 @@ def _ellipse_jacobian(p0: float, p1: float, p2: float, jacobian: np.ndarray) -> 
     jacobian[2, 2] = r2 * (2.0 * (c - s * p0))
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, scales: np.ndarray,
               offsets: np.ndarray, norm_fluxes: np.ndarray, weight: float, work: np.ndarray, gaussian_work: np.ndarray,
               hessian: np.ndarray, gradient: np.ndarray) -> tuple[bool, float, float]:
@@ -237,7 +238,7 @@ def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, s
     return True, 0.5 * residual_squared, amplitude
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _clip(value: float, lower: float, upper: float) -> float:
     """Clip to [lower, upper]; NaN stays NaN (as np.clip)."""
     if value < lower:
@@ -247,7 +248,7 @@ def _clip(value: float, lower: float, upper: float) -> float:
     return value
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _solve_damped(hessian: np.ndarray, mu: float, gradient: np.ndarray, step: np.ndarray) -> bool:
     """step = -(H + mu I)^-1 g for the symmetric 3 x 3 H by LDL'; False when a pivot is exactly 0."""
     d0 = hessian[0, 0] + mu
@@ -271,7 +272,7 @@ def _solve_damped(hessian: np.ndarray, mu: float, gradient: np.ndarray, step: np
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float, scales: np.ndarray,
                 offsets: np.ndarray, fluxes: np.ndarray, p0: np.ndarray, lower: np.ndarray, upper: np.ndarray,
                 tau: float, gtol: float, max_iterations: int) -> tuple[int, np.ndarray, float, bool]:
@@ -330,7 +331,7 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
     return STATUS_OK, p, amplitude, True
 
 
-@numba.njit(cache=True, fastmath=FASTMATH)
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def polynomial_gaussian_sum(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, polynomial: np.ndarray
                             ) -> np.ndarray:
     """sum_k N_k (c_k . (1, dx, dy, dx^2, dx dy, dy^2)) at the offsets, N_k = exp(-r'C_k^-1 r / 2) with
@@ -346,7 +347,7 @@ def polynomial_gaussian_sum(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray
     return model
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def profile_model(dx: np.ndarray, dy: np.ndarray, variances: np.ndarray, fluxes: np.ndarray, qxx: float,
                   qxy: float, qyy: float, psf_rows: np.ndarray, psf_coefficients: np.ndarray,
                   psf_gaussian_fluxes: np.ndarray, full_psf: bool) -> np.ndarray:
@@ -387,12 +388,12 @@ REGION_TOO_MANY_BAD = 2
 REGION_BAD_VARIANCE = 3
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _inside_ellipse(inverse: np.ndarray, ddx: float, ddy: float) -> bool:
     return inverse[0] * ddx * ddx + 2.0 * inverse[1] * ddx * ddy + inverse[2] * ddy * ddy <= 1.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fit_region(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
                grown_xs: np.ndarray, x: float, y: float, boxes: np.ndarray, inverses: np.ndarray, bad_bits: int,
                max_bad_fraction: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -450,7 +451,7 @@ def fit_region(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_
     return REGION_OK, dx, dy, data, weight
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def derivative_basis_normal_equations(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, covariances: np.ndarray
                                       ) -> tuple[np.ndarray, np.ndarray]:
     """Normal equations (B B', B d) of the least-squares fit of `data` by the derivative bases
@@ -484,7 +485,7 @@ def derivative_basis_normal_equations(dx: np.ndarray, dy: np.ndarray, data: np.n
     return normal, rhs
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: int) -> tuple[np.ndarray, np.ndarray]:
     """(ys, xs), row-major, of the footprint dilated by a disk of radius `grow` (pixels within Euclidean
     distance `grow` of a footprint pixel)."""
@@ -527,7 +528,7 @@ EPSILON = np.finfo(np.float64).eps
 FIT_FIELDS = 8
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def parameters_from_ellipse(qxx: float, qxy: float, qyy: float) -> tuple[float, float, float]:
     """(eta1, eta2, ln r) of the quadrupole (inverse of `_ellipse`)."""
     r2 = math.sqrt(qxx * qyy - qxy * qxy)
@@ -539,12 +540,12 @@ def parameters_from_ellipse(qxx: float, qxy: float, qyy: float) -> tuple[float, 
     return 0.5 * (m00 - m11) / s, m01 / s, 0.5 * math.log(r2)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _trace_radius(qxx: float, qyy: float) -> float:
     return math.sqrt(max(0.5 * (qxx + qyy), 0.0))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _axis_ratio(qxx: float, qxy: float, qyy: float) -> float:
     half_trace = 0.5 * (qxx + qyy)
     split = math.hypot(0.5 * (qxx - qyy), qxy)
@@ -552,7 +553,7 @@ def _axis_ratio(qxx: float, qxy: float, qyy: float) -> float:
     return math.sqrt(minor / major) if major > 0 and minor > 0 else 0.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def initial_ellipse(mean_variance: float, psf_covariances: np.ndarray, psf_gaussian_fluxes: np.ndarray, ixx: float,
                     ixy: float, iyy: float, shape_ok: bool, min_initial_radius: float, min_axis_ratio: float
                     ) -> tuple[float, float, float]:
@@ -581,7 +582,7 @@ def initial_ellipse(mean_variance: float, psf_covariances: np.ndarray, psf_gauss
     return qxx, qxy, qyy
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
                grown_xs: np.ndarray, x: float, y: float, ellipses: np.ndarray, scale: float, bad_bits: int,
                max_bad_fraction: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -601,7 +602,7 @@ def fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_
     return fit_region(image, variance, mask, grown_ys, grown_xs, x, y, boxes, inverses, bad_bits, max_bad_fraction)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fit_profile(variances: np.ndarray, fluxes: np.ndarray, psf_rows: np.ndarray, psf_coefficients: np.ndarray,
                 psf_gaussian_fluxes: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
                 q0: tuple[float, float, float], tau: float, gtol: float, max_iterations: int,
@@ -643,7 +644,7 @@ def fit_profile(variances: np.ndarray, fluxes: np.ndarray, psf_rows: np.ndarray,
     return result
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def combo(models: np.ndarray, data: np.ndarray, exp_flux: float, exp_err: float, dev_flux: float,
           dev_err: float) -> tuple[float, float]:
     """multishapelet.combo (flux, err) from the weighted exp and dev model vectors (2, N) and the data.
@@ -673,7 +674,7 @@ def combo(models: np.ndarray, data: np.ndarray, exp_flux: float, exp_err: float,
     return flux, math.sqrt(err_squared) if err_squared >= 0 else math.nan
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def source_model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, footprint_ys: np.ndarray,
                         footprint_xs: np.ndarray, x: float, y: float, ixx: float, ixy: float, iyy: float,
                         shape_ok: bool, profile_variances: np.ndarray, profile_fluxes: np.ndarray,
@@ -727,7 +728,7 @@ def source_model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarra
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def psf_model_fit(data: np.ndarray, dx: np.ndarray, dy: np.ndarray, radius_ratio: float, peak_ratio: float,
                   initial_radius: float, min_radius: float, min_axis_ratio: float, tau: float, gtol: float,
                   max_iterations: int, full_psf: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
