@@ -154,19 +154,18 @@ def _ellipse_jacobian(p0: float, p1: float, p2: float, jacobian: np.ndarray) -> 
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, scales: np.ndarray,
-              offsets: np.ndarray, norm_fluxes: np.ndarray, weight: float, work: np.ndarray, gaussian_work: np.ndarray,
-              hessian: np.ndarray, gradient: np.ndarray) -> tuple[bool, float, float]:
-    """Cost 0.5 |A m - d|^2, Gauss-Newton Hessian and gradient (into `hessian`, `gradient`) and amplitude A
-    at p, for the weighted model m = weight sum_k f_k N(s_k Q(p) + P_k) (see model_flux._EllipseProblem).
-    Returns (ok, cost, amplitude); ok is False when the model vanishes."""
+def _model_coefficients(p: np.ndarray, scales: np.ndarray, offsets: np.ndarray, norm_fluxes: np.ndarray,
+                        weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At p: the inverse covariances (3, K) of the Gaussians s_k Q(p) + P_k, the coefficients (K,) of their
+    values in the weighted model and those (K, 12) in its p-derivatives (column 4 b + j: monomial j of
+    (dx^2, dx dy, dy^2, 1) in dm/dp_b, the ellipse Jacobian folded in)."""
     n_gauss = scales.size
     qxx, qxy, qyy = _ellipse(p[0], p[1], p[2])
     jacobian = np.empty((3, 3))
     _ellipse_jacobian(p[0], p[1], p[2], jacobian)
     inverses = np.empty((3, n_gauss))
-    # coefficients[k, 4 b + j]: of the monomials (dx^2, dx dy, dy^2, 1) in dm/dp_b; [k, 12]: of the model
-    coefficients = np.empty((n_gauss, 13))
+    coefficients = np.empty((n_gauss, 12))
+    model_coefficients = np.empty(n_gauss)
     for k in range(n_gauss):
         cxx = scales[k] * qxx + offsets[k, 0]
         cxy = scales[k] * qxy + offsets[k, 1]
@@ -184,21 +183,48 @@ def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, s
             for j in range(4):
                 coefficients[k, 4 * b + j] = scaled * (jacobian[0, b] * d_xx[j] + jacobian[1, b] * d_xy[j]
                                                        + jacobian[2, b] * d_yy[j])
-        coefficients[k, 12] = model_coefficient
+        model_coefficients[k] = model_coefficient
+    return inverses, model_coefficients, coefficients
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _cost(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, inverses: np.ndarray, model_coefficients: np.ndarray,
+          model: np.ndarray, gaussian_work: np.ndarray) -> tuple[bool, float, float]:
+    """Cost 0.5 |A m - d|^2 and amplitude A = m.d / m.m of the model m (into `model`, the Gaussians into
+    `gaussian_work` for `_derivatives`). Returns (ok, cost, A); ok is False when the model vanishes."""
     _gaussian_matrix(dx, dy, inverses, gaussian_work)
-    sums_all = np.dot(gaussian_work, coefficients)  # (N, 13)
+    model[:] = np.dot(gaussian_work, model_coefficients)
+    mm = md = 0.0
+    for i in range(dx.size):
+        mm += model[i] * model[i]
+        md += model[i] * data[i]
+    if not mm > 0:
+        return False, 0.0, 0.0
+    amplitude = md / mm
+    residual_squared = 0.0
+    for i in range(dx.size):
+        r = model[i] * amplitude - data[i]
+        residual_squared += r * r
+    return True, 0.5 * residual_squared, amplitude
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _derivatives(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, coefficients: np.ndarray, model: np.ndarray,
+                 gaussian_work: np.ndarray, amplitude: float, hessian: np.ndarray, gradient: np.ndarray) -> None:
+    """Gauss-Newton Hessian J'J and gradient J'f (J the Jacobian of the residuals f = A m - d including dA/dp)
+    from the Gram matrix of (m, dm/dp, d), after `_cost` at the same p."""
+    sums_all = np.dot(gaussian_work, coefficients)  # (N, 12)
     mm = m1 = m2 = m3 = md = 0.0
     g11 = g12 = g13 = g22 = g23 = g33 = d1 = d2 = d3 = 0.0
     for i in range(dx.size):
         x, y = dx[i], dy[i]
         sums = sums_all[i]
         xx, xy, yy = x * x, x * y, y * y
-        m = sums[12]
+        m = model[i]
         a1 = sums[0] * xx + sums[1] * xy + sums[2] * yy + sums[3]
         a2 = sums[4] * xx + sums[5] * xy + sums[6] * yy + sums[7]
         a3 = sums[8] * xx + sums[9] * xy + sums[10] * yy + sums[11]
         d = data[i]
-        work[i] = m
         mm += m * m
         m1 += m * a1
         m2 += m * a2
@@ -213,13 +239,6 @@ def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, s
         d1 += a1 * d
         d2 += a2 * d
         d3 += a3 * d
-    if not mm > 0:
-        return False, 0.0, 0.0
-    amplitude = md / mm
-    residual_squared = 0.0
-    for i in range(dx.size):
-        r = work[i] * amplitude - data[i]
-        residual_squared += r * r
     # J = A D + m dA' with dA = (D.d - 2 A D.m) / m.m (rows D = dm/dp); J'J and J'f from the Gram matrix
     a2_ = amplitude * amplitude
     e1 = (d1 - 2.0 * amplitude * m1) / mm
@@ -235,7 +254,19 @@ def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, s
     gradient[0] = amplitude * (amplitude * m1 - d1) + e1 * residual_model
     gradient[1] = amplitude * (amplitude * m2 - d2) + e2 * residual_model
     gradient[2] = amplitude * (amplitude * m3 - d3) + e3 * residual_model
-    return True, 0.5 * residual_squared, amplitude
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, scales: np.ndarray,
+              offsets: np.ndarray, norm_fluxes: np.ndarray, weight: float, model: np.ndarray,
+              gaussian_work: np.ndarray, hessian: np.ndarray, gradient: np.ndarray) -> tuple[bool, float, float]:
+    """Cost, Hessian, gradient (into `hessian`, `gradient`) and amplitude at p, for the weighted model
+    m = weight sum_k f_k N(s_k Q(p) + P_k). Returns (ok, cost, amplitude); ok is False when m vanishes."""
+    inverses, model_coefficients, coefficients = _model_coefficients(p, scales, offsets, norm_fluxes, weight)
+    ok, cost, amplitude = _cost(dx, dy, data, inverses, model_coefficients, model, gaussian_work)
+    if ok:
+        _derivatives(dx, dy, data, coefficients, model, gaussian_work, amplitude, hessian, gradient)
+    return ok, cost, amplitude
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -280,16 +311,15 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
     of the model weight * sum_k fluxes_k N(scales_k Q(p) + offsets_k) to `data` (already weighted), with
     the amplitude solved linearly at every step. Returns (status, p, amplitude, max_iter)."""
     norm_fluxes = fluxes / (2.0 * math.pi)
-    work = np.empty(dx.size)
+    model = np.empty(dx.size)
     gaussian_work = np.empty((dx.size, scales.size))
     p = np.empty(3)
     for j in range(3):
         p[j] = _clip(p0[j], lower[j], upper[j])
     hessian, gradient = np.empty((3, 3)), np.empty(3)
-    hessian_new, gradient_new = np.empty((3, 3)), np.empty(3)
     step, p_new = np.empty(3), np.empty(3)
-    ok, cost, amplitude = _evaluate(p, dx, dy, data, scales, offsets, norm_fluxes, weight, work, gaussian_work, hessian,
-                                  gradient)
+    ok, cost, amplitude = _evaluate(p, dx, dy, data, scales, offsets, norm_fluxes, weight, model, gaussian_work,
+                                    hessian, gradient)
     if not ok:
         return STATUS_EMPTY_MODEL, p, 0.0, False
     diagonal_max = hessian[0, 0]
@@ -309,8 +339,10 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
         if math.sqrt(step[0] ** 2 + step[1] ** 2 + step[2] ** 2) <= 1e-8 * (
                 math.sqrt(p[0] ** 2 + p[1] ** 2 + p[2] ** 2) + 1e-8):
             return STATUS_OK, p, amplitude, False
-        ok, cost_new, amplitude_new = _evaluate(p_new, dx, dy, data, scales, offsets, norm_fluxes, weight, work,
-                                                gaussian_work, hessian_new, gradient_new)
+        # the trial point's cost first; its derivatives only if the step is accepted
+        inverses, model_coefficients, coefficients = _model_coefficients(p_new, scales, offsets, norm_fluxes,
+                                                                         weight)
+        ok, cost_new, amplitude_new = _cost(dx, dy, data, inverses, model_coefficients, model, gaussian_work)
         if not ok:
             mu *= nu
             nu *= 2.0
@@ -320,8 +352,7 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
         rho = (cost - cost_new) / predicted if predicted > 0 else -1.0
         if rho > 0:
             p[:] = p_new
-            hessian[:, :] = hessian_new
-            gradient[:] = gradient_new
+            _derivatives(dx, dy, data, coefficients, model, gaussian_work, amplitude_new, hessian, gradient)
             amplitude, cost = amplitude_new, cost_new
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
