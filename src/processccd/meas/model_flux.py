@@ -320,12 +320,14 @@ def model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, foot
 
 
 def model_flux_psf_factors(psf: Psf, x: float, y: float, config: ModelFluxConfig | None = None,
-                           psf_model: PsfModel | None = None) -> ModelFluxPsfFactors:
+                           psf_model: PsfModel | None = None, image: np.ndarray | None = None
+                           ) -> ModelFluxPsfFactors:
     """PSF factors of exp / dev / combo: the same fits on the peak-normalised PSF image at (x, y)
-    (31 x 31 pixels, unit weights, initial ellipse 0.5 x the PSF ellipse)."""
+    (31 x 31 pixels, unit weights, initial ellipse 0.5 x the PSF ellipse); `image` is
+    `psf.compute_image(x, y)` when the caller has it already."""
     config = config or ModelFluxConfig()
-    psf_model = psf_model or fit_psf_model(psf, x, y, config)
-    image = psf.compute_image(x, y)
+    image = psf.compute_image(x, y) if image is None else image
+    psf_model = psf_model or fit_psf_model(psf, x, y, config, image)
     _, dx, dy = _psf_offsets(psf, x, y, image)
     pixels = _FitPixels(dx, dy, image.ravel().astype(np.float64), 1.0)
     q0 = psf_model.inner * config.min_initial_radius**2
@@ -359,9 +361,10 @@ class PsfModelCache:
         if entry is None:
             cx = math.floor((key[0] + 0.5) * self.cell_size)
             cy = math.floor((key[1] + 0.5) * self.cell_size)
-            psf_model = fit_psf_model(self.psf, cx, cy, self.config)
-            factors = model_flux_psf_factors(self.psf, cx, cy, self.config, psf_model)
-            p_psf = float(self.psf.compute_image(cx, cy).sum())
+            image = self.psf.compute_image(cx, cy)
+            psf_model = fit_psf_model(self.psf, cx, cy, self.config, image)
+            factors = model_flux_psf_factors(self.psf, cx, cy, self.config, psf_model, image)
+            p_psf = float(image.sum())
             entry = (psf_model, np.array([factors.exp, factors.dev, factors.combo]) / p_psf)
             self._entries[key] = entry
         return entry
