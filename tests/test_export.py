@@ -126,6 +126,33 @@ def test_float64_covariances_are_printed_from_their_float32_value() -> None:
     assert row[COLUMNS.index("coord.ra")] == "1.0"
 
 
+def test_write_list_prints_every_value_as_format_value() -> None:
+    """The vectorised printing (one format per row, then '.0' on integral floats) equals `format_value`."""
+    rng = np.random.default_rng(11)
+    n = 300
+    special = [0.0, -0.0, 1.0, -3.0, 1e11, 123456789012.0, 1e12, 1e16, -1e-5, 2.0000000000001, np.nan, np.inf,
+               -np.inf, 5e-324, 1.5e300]
+    table = Table()
+    for name in COLUMNS:
+        kind = column_kind(name)
+        if kind == "id":
+            table[name] = rng.integers(0, 2**62, n)
+        elif kind == "bool":
+            table[name] = rng.random(n) < 0.5
+        else:
+            values = rng.normal(size=n) * 10.0 ** rng.integers(-8, 14, n)
+            integral = rng.random(n) < 0.2
+            values[integral] = np.round(values[integral])
+            values[: len(special)] = special
+            values[len(special) : 2 * len(special)] = np.round(rng.normal(size=len(special)) * 1e4)
+            with np.errstate(over="ignore"):  # 1.5e300 becomes inf in float32
+                table[name] = values.astype(np.float32) if kind == "float32" else values
+    out = io.StringIO()
+    write_list(table, out)
+    expected = [" ".join(format_value(table[name][i], column_kind(name)) for name in COLUMNS) for i in range(n)]
+    assert out.getvalue().splitlines() == [HEADER, *expected]
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ("#id coord.ra\n1 2\n", "header"),
     (HEADER + "\n1 2 3\n", "line 2 has 3 fields"),

@@ -38,22 +38,27 @@ Example::
     centroid_offset_median_snr50_max: 0.01
 
 A NaN figure (e.g. an empty bin) fails its bound. Unknown figure names are an error.
+
+astropy, scipy and yaml are imported by the functions that use them, so that `export-results` (which
+only writes lists) starts fast.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
-import yaml
-from astropy.table import Table
-from scipy.spatial import cKDTree
 
 from processccd.errors import InputError
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 COLUMNS: tuple[str, ...] = (
     "id", "coord.ra", "coord.dec",
@@ -72,7 +77,7 @@ COLUMNS: tuple[str, ...] = (
 )
 
 Kind = Literal["id", "bool", "double", "float32"]
-Rows = Table | np.ndarray | Mapping[str, Any]
+Rows: TypeAlias = "Table | np.ndarray | Mapping[str, Any]"
 """A list as an astropy Table, a numpy structured array or a mapping column name → values."""
 
 BOOL_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c.startswith("flags.") or c == "shape.sdss.flags")
@@ -82,6 +87,13 @@ FLOAT32_COLUMNS: tuple[str, ...] = tuple(
 FLOAT_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "id" and c not in BOOL_COLUMNS)
 
 HEADER = "#" + " ".join(COLUMNS)
+# one line of the list: the formats of `format_value` ('%s' prints True/False); the '.0' that Python 2
+# appended to integral-looking floats is added afterwards to every integer field but the first (the id)
+ROW_FORMAT = " ".join(
+    "%d" if name == "id" else "%s" if name in BOOL_COLUMNS else "%.6g" if name in FLOAT32_COLUMNS else "%.12g"
+    for name in COLUMNS
+) + "\n"
+_INTEGRAL_FIELD = re.compile(r" (-?[0-9]+)(?=[ \n])")
 
 FILTERS = "ugriz"
 ID_FRAME_SHIFT = 26
@@ -118,22 +130,27 @@ def format_value(value: Any, kind: Kind) -> str:
     raise ValueError(f"unknown column kind {kind!r}")
 
 
-def _format_column(values: Sequence[Any] | np.ndarray, kind: Kind) -> list[str]:
-    """Every value of one column, printed (vectorised conversion, then one format per value)."""
+def _column_values(values: Sequence[Any] | np.ndarray, kind: Kind) -> list[Any]:
+    """The values of one column as the Python objects `ROW_FORMAT` prints (float32 columns rounded)."""
     if kind == "double":
-        return [_add_dot_zero(f"{v:.12g}") for v in np.asarray(values, dtype=np.float64).tolist()]
+        return np.asarray(values, dtype=np.float64).tolist()
     if kind == "float32":
-        as_float32 = np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64)
-        return [_add_dot_zero(f"{v:.6g}") for v in as_float32.tolist()]
+        return np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64).tolist()
     if kind == "bool":
-        return ["True" if v else "False" for v in np.asarray(values, dtype=bool).tolist()]
-    return [str(int(v)) for v in np.asarray(values).tolist()]
+        return np.asarray(values, dtype=bool).tolist()
+    return [int(v) for v in np.asarray(values).tolist()]
+
+
+def _is_table(rows: Any) -> bool:
+    """Whether `rows` is an astropy Table (there is none unless astropy.table was imported)."""
+    table_module = sys.modules.get("astropy.table")
+    return table_module is not None and isinstance(rows, table_module.Table)
 
 
 def _columns_of(rows: Any) -> dict[str, Sequence[Any] | np.ndarray]:
     """The 40 columns of a Table, structured array, mapping of arrays, or iterable of row mappings."""
-    if isinstance(rows, Table) or (isinstance(rows, np.ndarray) and rows.dtype.names):
-        names = rows.colnames if isinstance(rows, Table) else rows.dtype.names
+    if _is_table(rows) or (isinstance(rows, np.ndarray) and rows.dtype.names):
+        names = rows.colnames if _is_table(rows) else rows.dtype.names
         missing = [c for c in COLUMNS if c not in names]
         if missing:
             raise ValueError(f"rows lack columns {missing}")
@@ -156,14 +173,16 @@ def _columns_of(rows: Any) -> dict[str, Sequence[Any] | np.ndarray]:
 def write_list(rows: Rows | Iterable[Mapping[str, Any]], stream: IO[str]) -> None:
     """Write the header line and one line per source (columns in `COLUMNS` order)."""
     columns = _columns_of(rows)
-    printed = [_format_column(columns[name], column_kind(name)) for name in COLUMNS]
+    values = [_column_values(columns[name], column_kind(name)) for name in COLUMNS]
+    body = "".join([ROW_FORMAT % fields for fields in zip(*values, strict=True)])
     stream.write(HEADER + "\n")
-    for fields in zip(*printed, strict=True):
-        stream.write(" ".join(fields) + "\n")
+    stream.write(_INTEGRAL_FIELD.sub(r" \1.0", body))
 
 
 def read_list(path: str | Path) -> Table:
     """Read a detected-sources list: ids int64, flags bool, float32 error columns, other columns float64."""
+    from astropy.table import Table
+
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
@@ -277,6 +296,8 @@ def match_sky(
     ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray, radius_arcsec: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-to-one matches within `radius_arcsec`, closest pairs first: (index1, index2, separation″)."""
+    from scipy.spatial import cKDTree
+
     empty = np.zeros(0, dtype=np.int64)
     if len(ra1) == 0 or len(ra2) == 0:
         return empty, empty, np.zeros(0)
@@ -591,6 +612,8 @@ def default_gate_path() -> Path:
 
 def load_gate(path: str | Path) -> list[GateBound]:
     """Read and validate a gate YAML file (schema in the module docstring)."""
+    import yaml
+
     path = Path(path)
     try:
         content = yaml.safe_load(path.read_text())

@@ -14,6 +14,9 @@ from processccd import __version__
 from processccd.dataid import DataId
 from processccd.psf import Psf
 
+FITS_BLOCK = 2880  # bytes
+WRITE_CHUNK = 1 << 17  # pixels converted to big-endian at a time when writing an image
+
 # Mask planes: the LSST 2013 afw bits first (BAD..DETECTED_NEGATIVE), then the other SDSS fpM planes.
 MASK_PLANES: dict[str, int] = {
     "BAD": 0,
@@ -107,15 +110,35 @@ class Exposure:
         for key, value in (provenance or {}).items():
             hdr.add_history(f"{key}: {value}")
         wcs_header = self.wcs.to_header(relax=True)
-        image_hdu = fits.ImageHDU(self.image.astype(np.float32), header=wcs_header, name="IMAGE")
+        image_hdu = fits.ImageHDU(self.image.astype(np.float32, copy=False), header=wcs_header, name="IMAGE")
         image_hdu.header["BUNIT"] = "adu"
         mask_hdu = fits.ImageHDU(self.mask.astype(np.int32), header=wcs_header, name="MASK")
         for name, bit in MASK_PLANES.items():
             key = f"MP_{name}"
             mask_hdu.header[key if len(key) <= 8 else f"HIERARCH {key}"] = (bit, "mask plane bit index")
-        variance_hdu = fits.ImageHDU(self.variance.astype(np.float32), header=wcs_header, name="VARIANCE")
+        variance_hdu = fits.ImageHDU(self.variance.astype(np.float32, copy=False), header=wcs_header,
+                                     name="VARIANCE")
         variance_hdu.header["BUNIT"] = "adu2"
-        fits.HDUList([primary, image_hdu, mask_hdu, variance_hdu]).writeto(path, overwrite=True)
+        write_hdus(path, [primary, image_hdu, mask_hdu, variance_hdu])
+
+
+def write_hdus(path: Path, hdus: list[fits.PrimaryHDU | fits.ImageHDU]) -> None:
+    """Write image HDUs as `fits.HDUList(hdus).writeto` does, with one big-endian copy of each array.
+
+    The headers are astropy's; the pixels are converted to big-endian block by block (a small buffer,
+    instead of astropy's in-place byte swap there and back and its second verification) and followed by
+    the zero padding of the last FITS block.
+    """
+    with open(path, "wb") as stream:
+        for hdu in hdus:
+            stream.write(hdu.header.tostring().encode("ascii"))
+            if hdu.data is None:
+                continue
+            flat = hdu.data.reshape(-1)
+            big_endian = flat.dtype.newbyteorder(">")
+            for start in range(0, flat.size, WRITE_CHUNK):
+                stream.write(flat[start : start + WRITE_CHUNK].astype(big_endian).tobytes())
+            stream.write(bytes(-flat.nbytes % FITS_BLOCK))
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,27 @@
-"""Source-catalogue schema (name, dtype, unit, description) and FITS table I/O."""
+"""Source-catalogue schema (name, dtype, unit, description) and FITS table I/O.
+
+astropy is imported only by the functions that need it: `read_source_columns` reads the tables this
+module writes with numpy alone, so that `export-results` starts fast.
+"""
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
-from astropy.table import Table
+
+if TYPE_CHECKING:
+    from astropy.table import Table
+
+FITS_BLOCK = 2880  # bytes
+FITS_CARD = 80  # characters
+# TFORM of the columns write_source_table writes -> big-endian numpy type (L: the logicals 'T'/'F')
+_TFORM_TYPES = {"K": ">i8", "J": ">i4", "I": ">i2", "D": ">f8", "E": ">f4", "L": "u1"}
+_CARD_VALUE = re.compile(r"'((?:[^']|'')*)'|([-+]?[0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -87,23 +100,122 @@ def empty_columns(n: int, schema: list[Column]) -> dict[str, np.ndarray]:
     return columns
 
 
-def write_source_table(path: Path, columns: dict[str, np.ndarray], schema: list[Column],
-                       header: dict[str, Any] | None = None) -> None:
-    """Write a FITS binary table with units and column descriptions (TDOCn) in the header."""
+@functools.cache
+def _table_header_cards(schema: tuple[Column, ...]) -> tuple[str, ...]:
+    """The 80-character header cards of a source table of `schema` with no rows, up to its TDOCn cards.
+
+    Made once per schema by astropy (`table_to_hdu` of an empty table with units), so that the cards are
+    exactly those astropy writes; only NAXIS2 depends on the number of rows.
+    """
+    from astropy.io import fits
+    from astropy.table import Table
+
     table = Table()
     for col in schema:
-        table[col.name] = np.asarray(columns[col.name], dtype=col.dtype)
+        table[col.name] = np.zeros(0, dtype=col.dtype)
         if col.unit:
             table[col.name].unit = col.unit
-        table[col.name].description = col.doc
-    hdu = fits.table_to_hdu(table)
+    header = fits.table_to_hdu(table).header
     for i, col in enumerate(schema, start=1):
-        hdu.header[f"TDOC{i}"] = col.doc[:68]
-    for key, value in (header or {}).items():
-        hdu.header[key] = value
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
+        header[f"TDOC{i}"] = col.doc[:68]
+    return tuple(str(card) for card in header.cards)
+
+
+def _fits_blocks(blob: bytes, fill: bytes) -> bytes:
+    """`blob` padded with `fill` to a whole number of 2880-byte FITS blocks."""
+    return blob + fill * (-len(blob) % FITS_BLOCK)
+
+
+def write_source_table(path: Path, columns: dict[str, np.ndarray], schema: list[Column],
+                       header: dict[str, Any] | None = None) -> None:
+    """Write a FITS binary table with units and column descriptions (TDOCn) in the header.
+
+    The bytes are those astropy writes for the table (`_table_header_cards`), assembled with numpy:
+    big-endian rows, booleans as the FITS logicals 'T'/'F'.
+    """
+    from astropy.io import fits
+
+    rows = np.empty(len(columns[schema[0].name]) if schema else 0,
+                    dtype=[(col.name, np.dtype("u1" if col.dtype == "?" else col.dtype).newbyteorder(">"))
+                           for col in schema])
+    for col in schema:
+        values = np.asarray(columns[col.name], dtype=col.dtype)
+        rows[col.name] = np.where(values, ord("T"), ord("F")) if col.dtype == "?" else values
+    cards = list(_table_header_cards(tuple(schema)))
+    naxis2 = next(i for i, card in enumerate(cards) if card.startswith("NAXIS2  ="))
+    cards[naxis2] = str(fits.Card("NAXIS2", len(rows), "length of dimension 2"))
+    cards.extend(str(fits.Card(key, value)) for key, value in (header or {}).items())
+    cards.append("END".ljust(FITS_CARD))
+    with open(path, "wb") as stream:
+        stream.write(_primary_header_block())
+        stream.write(_fits_blocks("".join(cards).encode("ascii"), b" "))
+        stream.write(_fits_blocks(rows.tobytes(), b"\0"))
+
+
+@functools.cache
+def _primary_header_block() -> bytes:
+    """The header block of an empty primary HDU, as astropy writes it."""
+    from astropy.io import fits
+
+    return fits.PrimaryHDU().header.tostring().encode("ascii")
 
 
 def read_source_table(path: Path) -> Table:
     """Read a source table written by `write_source_table` (column names as in the schema)."""
+    from astropy.table import Table
+
     return Table.read(path, hdu=1, unit_parse_strict="silent")
+
+
+def _header_values(raw: bytes, start: int, path: Path) -> tuple[dict[str, str | int], int]:
+    """The string and integer keywords of the header at `start` of `raw`, and where its data begins."""
+    values: dict[str, str | int] = {}
+    for position in range(start, len(raw) - FITS_CARD + 1, FITS_CARD):
+        card = raw[position : position + FITS_CARD].decode("ascii")
+        key = card[:8].rstrip()
+        if key == "END":
+            end = position + FITS_CARD
+            return values, end + -end % FITS_BLOCK
+        match = _CARD_VALUE.match(card[10:].lstrip()) if card[8:10] == "= " else None
+        if match is not None:
+            text, number = match.groups()
+            values.setdefault(key, text.replace("''", "'").rstrip() if number is None else int(number))
+    raise ValueError(f"{path}: FITS header at byte {start} has no END card")
+
+
+def read_source_columns(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Columns `names` of a source table written by `write_source_table`, read with numpy alone.
+
+    Numbers come back in native byte order, logicals as bool. A file this module did not write (or a
+    damaged one) raises ValueError or OSError.
+    """
+    raw = Path(path).read_bytes()
+    primary, table_start = _header_values(raw, 0, path)
+    if primary.get("NAXIS") != 0:
+        raise ValueError(f"{path}: the primary HDU of a source table holds data")
+    header, data_start = _header_values(raw, table_start, path)
+    if header.get("XTENSION") != "BINTABLE":
+        raise ValueError(f"{path}: HDU 1 is not a binary table")
+    fields: dict[str, tuple[str, int]] = {}
+    offset = 0
+    for i in range(1, int(header.get("TFIELDS", 0)) + 1):
+        tform = str(header.get(f"TFORM{i}", ""))
+        if tform not in _TFORM_TYPES:
+            raise ValueError(f"{path}: TFORM{i} = {tform!r} is not a column type of source tables")
+        fields[str(header.get(f"TTYPE{i}", ""))] = (_TFORM_TYPES[tform], offset)
+        offset += np.dtype(_TFORM_TYPES[tform]).itemsize
+    width, nrows = header.get("NAXIS1"), header.get("NAXIS2")
+    if width != offset or not isinstance(nrows, int) or not 0 <= data_start + offset * nrows <= len(raw):
+        raise ValueError(f"{path}: NAXIS1, NAXIS2 and the columns of HDU 1 disagree with the file")
+    missing = [name for name in names if name not in fields]
+    if missing:
+        raise ValueError(f"{path}: columns {', '.join(missing)} missing")
+    dtype = np.dtype({"names": list(names), "formats": [fields[name][0] for name in names],
+                      "offsets": [fields[name][1] for name in names], "itemsize": offset})
+    rows = np.frombuffer(raw, dtype=dtype, count=nrows, offset=data_start)
+    columns = {}
+    for name in names:
+        values = rows[name]
+        native = values.dtype.newbyteorder("=")
+        columns[name] = values == ord("T") if values.dtype == np.uint8 else values.astype(native)
+    return columns

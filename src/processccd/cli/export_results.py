@@ -17,12 +17,12 @@ from processccd.errors import DataIdError, ProcessCcdError
               help="Only these data ids (default: every src catalogue in OUTPUT).")
 def command(output_repo: Path, id_expressions: tuple[str, ...]) -> None:
     """Frames in the order filter u, g, r, i, z, then run, camcol, field; sources in id order."""
-    from astropy.table import vstack
+    import numpy as np
 
     from processccd.butler import Butler
     from processccd.dataid import FILTERS, parse_id_expression
-    from processccd.export import write_list
-    from processccd.table import read_source_table
+    from processccd.export import COLUMNS, write_list
+    from processccd.table import read_source_columns
 
     butler = Butler(output_repo, output_repo)
     data_ids = butler.discover_outputs("src")
@@ -39,16 +39,16 @@ def command(output_repo: Path, id_expressions: tuple[str, ...]) -> None:
         sys.exit(2)
     data_ids.sort(key=lambda d: (FILTERS.index(d.filter), d.run, d.camcol, d.field))
     try:
-        tables = []
+        frames = []
         for data_id in data_ids:
             path = butler.path("src", data_id)
             try:
-                table = read_source_table(path)
+                columns = read_source_columns(path, COLUMNS)
             except (OSError, ValueError) as err:
                 raise ProcessCcdError(f"{path}: unreadable src catalogue ({err})") from err
-            table.sort("id")
-            tables.append(table)
-        write_list(vstack(tables, metadata_conflicts="silent"), sys.stdout)
+            order = np.argsort(columns["id"], kind="stable")
+            frames.append({name: values[order] for name, values in columns.items()})
+        write_list({name: np.concatenate([frame[name] for frame in frames]) for name in COLUMNS}, sys.stdout)
     except ProcessCcdError as err:
         click.echo(f"export-results: error: {err}", err=True)
         sys.exit(err.exit_code)

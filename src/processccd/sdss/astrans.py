@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from processccd.errors import InputError
-from processccd.sdss import header_number, header_text, open_fits, table_hdu
+from processccd.sdss import header_number, header_text, open_fits
 
 SDSS_PIXEL_OFFSET = 0.5  # SDSS row/col = our 0-based pixel-centre coordinate + 0.5
 
@@ -85,8 +85,8 @@ def read_astrans(path: str | Path, camcol: int, filter: str, field: int) -> AsTr
     """Read the asTrans solution for (camcol, filter, field) from the run file at `path`."""
     path = Path(path)
     primary_where = "the primary header"
-    with open_fits(path, "asTrans") as hdul:
-        primary = hdul[0].header
+    with open_fits(path, "asTrans") as fits_file:
+        primary = fits_file.hdul[0].header
         camcols = header_text(primary, "CAMCOLS", path, primary_where).split()
         filters = header_text(primary, "FILTERS", path, primary_where).split()
         node = header_number(primary, "NODE", path, primary_where)
@@ -98,22 +98,21 @@ def read_astrans(path: str | Path, camcol: int, filter: str, field: int) -> AsTr
             raise InputError(f"{path}: filter {filter!r} not in FILTERS {' '.join(filters)}")
         hdu_index = camcols.index(str(camcol)) * len(filters) + filters.index(filter) + 1
         where = f"HDU {hdu_index}"
-        hdu = table_hdu(hdul, hdu_index, path, f"camcol {camcol} filter {filter}")
-        hdu_camcol = header_number(hdu.header, "CAMCOL", path, where, int)
-        hdu_filter = header_text(hdu.header, "FILTER", path, where).strip()
+        table = fits_file.table(hdu_index, f"camcol {camcol} filter {filter}")
+        hdu_header = fits_file.header(hdu_index)
+        hdu_camcol = header_number(hdu_header, "CAMCOL", path, where, int)
+        hdu_filter = header_text(hdu_header, "FILTER", path, where).strip()
         if (hdu_camcol, hdu_filter) != (camcol, filter):
             raise InputError(
                 f"{path}: {where} holds camcol {hdu_camcol} filter {hdu_filter}, expected {camcol} {filter}"
             )
-        data = hdu.data
-        names = set(data.columns.names) if data is not None else set()
-        missing = [name for name in ("field", *_COLUMNS) if name not in names]
+        missing = [name for name in ("field", *_COLUMNS) if name not in table.names]
         if missing:
             raise InputError(f"{path}: columns {', '.join(missing)} missing from {where}")
         row_index = field - field0
-        if not 0 <= row_index < len(data):
-            raise InputError(f"{path}: field {field} missing from {where} (first field {field0}, {len(data)} rows)")
-        row = data[row_index]
+        if not 0 <= row_index < len(table):
+            raise InputError(f"{path}: field {field} missing from {where} (first field {field0}, {len(table)} rows)")
+        row = {name: table.column(name)[row_index] for name in ("field", *_COLUMNS)}
         found = np.asarray(row["field"])
         if found.size != 1 or found.dtype.kind not in "iu" or int(found.reshape(())) != field:
             raise InputError(f"{path}: {where} row {row_index} holds field {found}, expected {field}")

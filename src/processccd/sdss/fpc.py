@@ -13,6 +13,7 @@ from processccd.sdss import header_number, open_fits
 
 FPC_SHAPE = (1489, 2048)  # (rows, columns) of an untrimmed SDSS frame
 FPC_BITPIX = 16  # 16-bit pixels, stored signed with BZERO = 32768 (read back as uint16)
+UINT16_BZERO = 32768.0
 DEFAULT_SOFT_BIAS = 1000.0
 DEFAULT_EXPTIME = 53.907456
 
@@ -42,17 +43,23 @@ def _check_image_header(header: fits.Header, path: Path) -> None:
 
 
 def read_fpc(path: Path | str) -> FpcFrame:
-    """Read an fpC (optionally gzipped); the image is converted to float32 before any arithmetic."""
+    """Read an fpC (optionally gzipped); the image is converted to float32 before any arithmetic.
+
+    The pixels are decoded with numpy: stored big-endian int16 with BZERO 32768 and BSCALE 1, i.e. uint16
+    with the sign bit flipped.
+    """
     path = Path(path)
-    with open_fits(path, "fpC") as hdul:
-        header = hdul[0].header
+    with open_fits(path, "fpC") as fits_file:
+        header = fits_file.hdul[0].header
         _check_image_header(header, path)
-        data = hdul[0].data
-        if data is None or data.shape != FPC_SHAPE:
-            raise InputError(f"{path}: fpC image data missing or incomplete")
-        if data.dtype != np.uint16:
-            raise InputError(f"{path}: fpC pixels are {data.dtype}, expected uint16 (BITPIX 16, BZERO 32768)")
-        image = data.astype(np.float32)
+        where = "the primary header"
+        scaling = (header_number(header, "BSCALE", path, where, default=1.0),
+                   header_number(header, "BZERO", path, where, default=0.0))
+        if scaling != (1.0, UINT16_BZERO) or "BLANK" in header:
+            raise InputError(f"{path}: fpC pixels are not unsigned 16-bit integers (BSCALE, BZERO = {scaling}, "
+                             "expected 1, 32768, and no BLANK)")
+        stored = np.frombuffer(fits_file.data(0), dtype=">u2")
+        image = (stored ^ np.uint16(0x8000)).astype(np.float32).reshape(FPC_SHAPE)
         soft_bias = header_number(header, "SOFTBIAS", path, "the primary header", default=DEFAULT_SOFT_BIAS)
         exptime = header_number(header, "EXPTIME", path, "the primary header", default=DEFAULT_EXPTIME)
     if soft_bias < 0:

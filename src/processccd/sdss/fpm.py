@@ -6,14 +6,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss import header_number, open_fits, table_hdu
+from processccd.sdss import BinTable, FitsFile, header_number, open_fits
 
 PLANE_PREFIX = "S_MASK_"
 SPAN_BYTES = 6  # one span = three big-endian int16: y, x1, x2
 MAX_MASK_SIZE = 32767  # spans store coordinates as int16
+# spans covering at most 1/SPARSE_FRACTION of the mask (counting overlaps) are painted pixel by pixel,
+# denser ones through a running sum over the whole mask (bounded memory whatever the span count)
+SPARSE_FRACTION = 4
 
 
 def decode_spans(raw: bytes) -> np.ndarray:
@@ -35,6 +37,14 @@ def rasterize_spans(spans: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     x2 = np.minimum(spans[:, 2], ncol - 1)
     keep = (y >= 0) & (y < nrow) & (x1 <= x2)
     y, x1, x2 = y[keep], x1[keep], x2[keep]
+    lengths = x2 - x1 + 1
+    n_pixels = int(lengths.sum())
+    if n_pixels <= nrow * ncol // SPARSE_FRACTION:
+        # sparse planes (all real ones): set the flat index of every covered pixel
+        first = y * ncol + x1
+        flat = np.zeros(nrow * ncol, dtype=bool)
+        flat[np.arange(n_pixels) + np.repeat(first - (np.cumsum(lengths) - lengths), lengths)] = True
+        return flat.reshape(nrow, ncol)
     # +1 at the first pixel of each span, -1 just past its last; a running sum > 0 marks covered pixels
     diff = np.zeros((nrow, ncol + 1), dtype=np.int32)
     np.add.at(diff, (y, x1), 1)
@@ -42,30 +52,29 @@ def rasterize_spans(spans: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.cumsum(diff[:, :ncol], axis=1) > 0
 
 
-def _plane_spans(hdu: fits.BinTableHDU, path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
-    """All spans of one plane HDU in frame coordinates (row0/col0 applied), as an (n, 3) array.
+def _plane_spans(table: BinTable, path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """All spans of one plane table in frame coordinates (row0/col0 applied), as an (n, 3) array.
 
     Spans may overhang the mask (real fpM files have x1 = -1; rasterize_spans clips them); a span with
     x1 > x2, or one more than a whole mask size away from the (rows, columns) `shape`, is corrupt.
     """
-    data = hdu.data
-    if data is None or len(data) == 0:
+    if len(table) == 0:
         return np.zeros((0, 3), dtype=np.int64)
-    missing = [col for col in ("nspan", "row0", "col0", "s") if col not in data.columns.names]
+    missing = [col for col in ("nspan", "row0", "col0", "s") if col not in table.names]
     if missing:
         raise InputError(f"{path}: plane {name}: columns {', '.join(missing)} missing")
-    nspan = np.asarray(data["nspan"], dtype=np.int64)
+    nspan = np.asarray(table.column("nspan"), dtype=np.int64)
     if np.any(nspan < 0):
         raise InputError(f"{path}: plane {name}: negative nspan")
-    blobs = [np.asarray(s, dtype=np.uint8) for s in data["s"]]
-    nbytes = np.array([blob.size for blob in blobs], dtype=np.int64)
+    blobs, counts = table.variable_arrays("s")
+    nbytes = counts * blobs.itemsize
     bad = np.flatnonzero(nbytes != SPAN_BYTES * nspan)
     if bad.size:
         i = int(bad[0])
         raise InputError(f"{path}: plane {name} row {i}: span data of {nbytes[i]} bytes, expected 6 x {nspan[i]} spans")
-    spans = decode_spans(np.concatenate(blobs).tobytes())
-    spans[:, 0] -= np.repeat(np.asarray(data["row0"], dtype=np.int64), nspan)
-    spans[:, 1:] -= np.repeat(np.asarray(data["col0"], dtype=np.int64), nspan)[:, None]
+    spans = decode_spans(blobs.tobytes())
+    spans[:, 0] -= np.repeat(np.asarray(table.column("row0"), dtype=np.int64), nspan)
+    spans[:, 1:] -= np.repeat(np.asarray(table.column("col0"), dtype=np.int64), nspan)[:, None]
     y, x1, x2 = spans.T
     nrow, ncol = shape
     corrupt = (x1 > x2) | (y < -nrow) | (y >= 2 * nrow) | (x2 < -ncol) | (x1 >= 2 * ncol)
@@ -76,16 +85,17 @@ def _plane_spans(hdu: fits.BinTableHDU, path: Path, name: str, shape: tuple[int,
     return spans
 
 
-def _plane_hdus(hdul: fits.HDUList, path: Path) -> dict[str, int]:
+def _plane_hdus(fits_file: FitsFile, path: Path) -> dict[str, int]:
     """Plane name (without S_MASK_) -> HDU index, from the name table in the last HDU."""
-    table = table_hdu(hdul, len(hdul) - 1, path, "mask-plane name table").data if len(hdul) > 1 else None
-    if table is None or not {"attributeName", "Value"} <= set(table.columns.names):
+    table = fits_file.table(len(fits_file) - 1, "mask-plane name table") if len(fits_file) > 1 else None
+    if table is None or not {"attributeName", "Value"} <= set(table.names):
         raise InputError(f"{path}: last HDU is not the mask-plane name table (attributeName, Value)")
-    if table["attributeName"].dtype.kind not in "SU" or table["Value"].dtype.kind not in "iu":
-        raise InputError(f"{path}: mask-plane name table columns have types {table['attributeName'].dtype}, "
-                         f"{table['Value'].dtype}; expected text and integer")
+    attributes, values = table.column("attributeName"), table.column("Value")
+    if attributes.dtype.kind not in "SU" or values.dtype.kind not in "iu":
+        raise InputError(f"{path}: mask-plane name table columns have types {attributes.dtype}, "
+                         f"{values.dtype}; expected text and integer")
     hdus: dict[str, int] = {}
-    for attribute, value in zip(table["attributeName"], table["Value"], strict=True):
+    for attribute, value in zip(attributes, values, strict=True):
         attribute = str(attribute).strip()
         if attribute.startswith(PLANE_PREFIX):
             hdus[attribute[len(PLANE_PREFIX) :]] = int(value) + 1
@@ -99,20 +109,21 @@ def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str,
     `planes` restricts the result to the named planes (all by default).
     """
     path = Path(path)
-    with open_fits(path, "fpM") as hdul:
-        header = hdul[0].header
+    with open_fits(path, "fpM") as fits_file:
+        header = fits_file.hdul[0].header
         shape = (header_number(header, "MASKROWS", path, "the primary header", int),
                  header_number(header, "MASKCOLS", path, "the primary header", int))
         if not all(0 < n <= MAX_MASK_SIZE for n in shape):
             raise InputError(f"{path}: invalid mask size {shape[0]} x {shape[1]}")
-        hdus = _plane_hdus(hdul, path)
+        hdus = _plane_hdus(fits_file, path)
         wanted = list(hdus) if planes is None else list(planes)
         result: dict[str, np.ndarray] = {}
         for name in wanted:
             if name not in hdus:
                 raise InputError(f"{path}: mask plane {name} not in the plane name table")
             index = hdus[name]
-            if not 1 <= index < len(hdul) - 1 or not isinstance(hdul[index], fits.BinTableHDU):
+            if not 1 <= index < len(fits_file) - 1:
                 raise InputError(f"{path}: HDU {index} of mask plane {name} missing")
-            result[name] = rasterize_spans(_plane_spans(hdul[index], path, name, shape), shape)
+            table = fits_file.table(index, f"HDU {index} of mask plane {name}")
+            result[name] = rasterize_spans(_plane_spans(table, path, name, shape), shape)
     return result

@@ -9,7 +9,7 @@ import numpy as np
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss import header_text, open_fits, table_hdu
+from processccd.sdss import BinTable, FitsFile, header_text, open_fits
 from processccd.sdss.tsfield import FILTERS, filter_index
 
 MAX_POLY_TERMS = 5  # c is stored as a 5x5 block; only [:nrow_b, :ncol_b] is meaningful
@@ -50,15 +50,15 @@ class PsFieldStats:
     skysig: float
 
 
-def _table(hdul: fits.HDUList, index: int, columns: tuple[str, ...], path: Path, what: str) -> fits.FITS_rec:
-    """Data of binary-table HDU `index`, checked to hold at least one row and `columns`."""
-    data = table_hdu(hdul, index, path, what).data
-    if data is None or len(data) == 0:
+def _table(fits_file: FitsFile, index: int, columns: tuple[str, ...], path: Path, what: str) -> BinTable:
+    """Binary-table HDU `index`, checked to hold at least one row and `columns`."""
+    table = fits_file.table(index, what)
+    if len(table) == 0:
         raise InputError(f"{path}: HDU {index} is empty")
-    missing = [name for name in columns if name not in data.columns.names]
+    missing = [name for name in columns if name not in table.names]
     if missing:
         raise InputError(f"{path}: columns {', '.join(missing)} missing from HDU {index}")
-    return data
+    return table
 
 
 def _check_filters(hdul: fits.HDUList, path: Path) -> None:
@@ -71,13 +71,16 @@ def read_psfield(path: str | Path, filter: str) -> list[KLComponent]:
     """The KL PSF components of `filter` (HDU = filter index + 1), one per table row."""
     path = Path(path)
     index = filter_index(filter) + 1
-    with open_fits(path, "psField") as hdul:
-        _check_filters(hdul, path)
-        data = _table(hdul, index, ("nrow_b", "ncol_b", "c", "RNROW", "RNCOL", "RROWS"), path,
-                      f"KL PSF of filter {filter}")
+    with open_fits(path, "psField") as fits_file:
+        _check_filters(fits_file.hdul, path)
+        table = _table(fits_file, index, ("nrow_b", "ncol_b", "c", "RNROW", "RNCOL", "RROWS"), path,
+                       f"KL PSF of filter {filter}")
+        basis_pixels, basis_sizes = table.variable_arrays("RROWS")
+        bases = np.split(basis_pixels, np.cumsum(basis_sizes)[:-1])
         components = []
-        for k, row in enumerate(data):
+        for k in range(len(table)):
             where = f"HDU {index} ({filter}) component {k}"
+            row = {name: table.column(name)[k] for name in ("nrow_b", "ncol_b", "c", "RNROW", "RNCOL")}
             nrow_b, ncol_b = int(row["nrow_b"]), int(row["ncol_b"])
             if not (1 <= nrow_b <= MAX_POLY_TERMS and 1 <= ncol_b <= MAX_POLY_TERMS):
                 raise InputError(f"{path}: {where}: polynomial size {nrow_b} x {ncol_b} outside 1..5")
@@ -86,7 +89,7 @@ def read_psfield(path: str | Path, filter: str) -> list[KLComponent]:
                 raise InputError(f"{path}: {where}: c holds {c.size} values, expected 25")
             coeffs = c.reshape(MAX_POLY_TERMS, MAX_POLY_TERMS)[:nrow_b, :ncol_b].copy()
             nrow, ncol = int(row["RNROW"]), int(row["RNCOL"])
-            pixels = np.asarray(row["RROWS"], dtype=np.float64)
+            pixels = np.asarray(bases[k], dtype=np.float64)
             if nrow <= 0 or ncol <= 0 or pixels.size != nrow * ncol:
                 raise InputError(f"{path}: {where}: basis of {pixels.size} pixels, expected {nrow} x {ncol}")
             if not (np.all(np.isfinite(coeffs)) and np.all(np.isfinite(pixels))):
@@ -119,9 +122,10 @@ def read_psfield_stats(path: str | Path, filter: str) -> PsFieldStats:
         "sky": "sky",
         "skysig": "skysig",
     }
-    with open_fits(path, "psField") as hdul:
-        _check_filters(hdul, path)
-        row = _table(hdul, STATS_HDU, tuple(columns.values()), path, "PSF statistics")[0]
+    with open_fits(path, "psField") as fits_file:
+        _check_filters(fits_file.hdul, path)
+        table = _table(fits_file, STATS_HDU, tuple(columns.values()), path, "PSF statistics")
+        row = {column: table.column(column)[0] for column in columns.values()}
         values = {}
         for attribute, column in columns.items():
             array = np.asarray(row[column], dtype=np.float64).reshape(-1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from processccd.errors import DataIdError, InputError
-from processccd.sdss import header_number, header_text, open_fits, table_hdu
+from processccd.sdss import header_number, header_text, open_fits
 
 FILTERS = ("u", "g", "r", "i", "z")
 SDSS_EXPTIME = 53.907456  # s, drift-scan exposure time of every SDSS frame
@@ -85,20 +85,20 @@ def read_tsfield(path: str | Path, filter: str | None = None) -> TsField:
     one filter does not stop the frames of the others).
     """
     path = Path(path)
-    with open_fits(path, "tsField") as hdul:
-        header = hdul[0].header
+    with open_fits(path, "tsField") as fits_file:
+        header = fits_file.hdul[0].header
         run = header_number(header, "RUN", path, "the primary header", int)
         camcol = header_number(header, "CAMCOL", path, "the primary header", int)
         filters = tuple(header_text(header, "FILTERS", path, "the primary header", " ".join(FILTERS)).split())
         if filters != FILTERS:
             raise InputError(f"{path}: FILTERS is {' '.join(filters)!r}, expected 'u g r i z'")
-        data = table_hdu(hdul, 1, path, "field table").data
-        if data is None or len(data) != 1:
+        table = fits_file.table(1, "field table")
+        if len(table) != 1:
             raise InputError(f"{path}: HDU 1 must hold exactly one field row")
-        missing = [name for name in ("field", "quality", *_COLUMNS) if name not in data.columns.names]
+        missing = [name for name in ("field", "quality", *_COLUMNS) if name not in table.names]
         if missing:
             raise InputError(f"{path}: columns {', '.join(missing)} missing from HDU 1")
-        row = data[0]
+        row = {name: table.column(name)[0] for name in ("field", "quality", *_COLUMNS)}
         for column in ("field", "quality"):
             if np.asarray(row[column]).dtype.kind not in "iu" or np.asarray(row[column]).size != 1:
                 raise InputError(f"{path}: column {column} of HDU 1 is not one integer")

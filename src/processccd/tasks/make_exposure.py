@@ -42,25 +42,25 @@ def make_exposure(butler: Butler, data_id: DataId, config: MakeExposureConfig | 
     f = data_id.filter_index
     gain = float(tsfield.gain[f])
     dark_variance = float(tsfield.dark_variance[f])
-    image = fpc.image - np.float32(fpc.soft_bias) if config.remove_pedestal else fpc.image.copy()
+    # everything is computed on the rows kept (the overlap rows at the top are dropped)
+    height = fpc.image.shape[0] - config.overlap_rows
+    kept = fpc.image[:height]
+    image = kept - np.float32(fpc.soft_bias) if config.remove_pedestal else kept.copy()
 
     mask = np.zeros(image.shape, dtype=np.uint16)
     for fpm_name, plane_name in FPM_TO_MASK_PLANE.items():
         plane = planes.get(fpm_name)
         if plane is None:
             continue
-        if plane.shape != image.shape:
-            raise InputError(f"{butler.path('fpM', data_id)}: mask shape {plane.shape} != image {image.shape}")
-        mask[plane] |= np.uint16(mask_bit(plane_name))
+        if plane.shape != fpc.image.shape:
+            raise InputError(f"{butler.path('fpM', data_id)}: mask shape {plane.shape} != image {fpc.image.shape}")
+        np.bitwise_or(mask, np.uint16(mask_bit(plane_name)), out=mask, where=plane[:height])
 
     if config.variance_model == "lsst2013":
         variance = image / np.float32(gain)
     else:
         variance = np.maximum(image, 0) / np.float32(gain) + np.float32(dark_variance)
-    variance = variance.astype(np.float32)
-
-    height = image.shape[0] - config.overlap_rows
-    image, mask, variance = image[:height].copy(), mask[:height].copy(), variance[:height].copy()
+    variance = variance.astype(np.float32, copy=False)
     if not np.isfinite(image).any():
         raise InputError(f"{butler.path('fpC', data_id)}: no finite pixel in the frame")
 
