@@ -128,9 +128,12 @@ def test_small_sources_use_subsampling(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(shape_module, "_weighted_sums", recording)
     image = elliptical_gaussian((41, 41), 20.0, 20.0, 0.25, 0.0, 0.25, 1e3)
-    result = adaptive_moments(image, np.ones_like(image), 20.0, 20.0)
+    result = shape_module._adaptive_moments_numpy(image, np.ones_like(image), 20.0, 20.0)
     assert any(calls) and not all(calls)
     assert not result.flag
+    compiled = adaptive_moments(image, np.ones_like(image), 20.0, 20.0)  # the same sub-sampling, compiled
+    np.testing.assert_allclose([compiled.ixx, compiled.ixy, compiled.iyy, compiled.i0],
+                               [result.ixx, result.ixy, result.iyy, result.i0], rtol=1e-12, atol=1e-15)
     # the source is ~one pixel: the iteration ends on the single-pixel fixed point of the sub-sample grid,
     # and each sub-sample carries the full pixel value (no 1/16), so S = I_centre * sum of the 16 weights
     fixed_w = delta_fixed_point()
@@ -287,3 +290,41 @@ def test_bright_isolated_stars_match_the_expected_moments(
             ]
         )
     np.testing.assert_allclose(np.median(ratios, axis=0), 1.0, atol=3e-3)
+
+
+@pytest.mark.parametrize(
+    ("moments", "size"),
+    [
+        ((1600.0, 500.0, 900.0), 400),  # a large rotated galaxy: boxes of > 64 rows (the cross factors restart)
+        ((100.0, 99.0, 100.0), 120),  # nearly degenerate along the diagonal: one exp per pixel
+        ((2.0, 0.3, 1.5), 40),  # a star
+    ],
+)
+def test_compiled_iteration_equals_numpy_reference(moments: tuple[float, float, float], size: int) -> None:
+    rng = np.random.default_rng(int(moments[0]))
+    x, y = size / 2 + 0.3, size / 2 - 0.2
+    image = elliptical_gaussian((size, size), x, y, *moments, 1e6) + rng.normal(0.0, 0.1, (size, size))
+    variance = np.full_like(image, 0.01)
+    for options in ({}, {"max_iter": 3}, {"tol1": 1e-8, "tol2": 1e-8}):
+        compiled = adaptive_moments(image, variance, x, y, **options)
+        reference = shape_module._adaptive_moments_numpy(image, variance, x, y, **options)
+        assert (compiled.flag, compiled.maxiter, compiled.unweighted) == (reference.flag, reference.maxiter,
+                                                                          reference.unweighted)
+        np.testing.assert_allclose([compiled.ixx, compiled.ixy, compiled.iyy, compiled.i0, compiled.sum_flux],
+                                   [reference.ixx, reference.ixy, reference.iyy, reference.i0, reference.sum_flux],
+                                   rtol=1e-10)
+        np.testing.assert_allclose(compiled.covariance, reference.covariance, rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_iteration_of_pure_noise_grows_to_the_box_limit_as_numpy() -> None:
+    """Noise makes the weight grow until the iteration fails, with boxes up to the image size."""
+    image = np.random.default_rng(8).normal(0.0, 1.0, (700, 900)).astype(np.float32)
+    variance = np.ones_like(image)
+    for x, y in ((450.2, 350.7), (3.0, 690.4), (600.6, 100.1)):
+        compiled = adaptive_moments(image, variance, x, y)
+        reference = shape_module._adaptive_moments_numpy(image, variance, x, y)
+        assert (compiled.unweighted, compiled.unweighted_bad, compiled.maxiter, compiled.shift) == (
+            reference.unweighted, reference.unweighted_bad, reference.maxiter, reference.shift)
+        np.testing.assert_allclose([compiled.ixx, compiled.ixy, compiled.iyy, compiled.i0, compiled.sum_flux],
+                                   [reference.ixx, reference.ixy, reference.iyy, reference.i0, reference.sum_flux],
+                                   rtol=1e-9, atol=1e-12)

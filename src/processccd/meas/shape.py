@@ -5,6 +5,10 @@ W <- (M^-1 - W^-1)^-1 (M the weighted moments) until the ellipticity and size st
 convergence W equals the moments of a Gaussian source, and I0 = S / (pi sqrt(det W)) its peak amplitude:
 the pair is the least-squares elliptical-Gaussian fit with the centre fixed, whose Fisher matrix
 (constant per-pixel variance = the centre-pixel variance) gives the reported errors.
+
+The iteration runs compiled (`moments_kernels`, one source, many stamps or many sources of one image per
+call); `_adaptive_moments_numpy` is the same iteration with numpy sums over the whole box, used for images
+with non-finite pixels (whose NaN propagation it defines) and as the reference of the compiled code.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ START_MOMENT = 1.5  # initial weight W = (1.5, 0, 1.5)
 BOX_SIGMAS = 4.0  # box half-size = 4 sqrt(max(Wxx, Wyy)) (+ 0.5 for the integer limits)
 MAX_BOX_RADIUS = 1000.0
 MAX_EXPONENT = 14.0  # pixels with r^T W^-1 r above this get no weight
-OUT_OF_BOX_EXPONENT = 1e100  # exponent added outside the moment box in the batch sums (far above the cut)
 MAX_CORNER_EXPONENT = 9.0  # sub-sampled pixels are used only if all four corners are within this
 SUBSAMPLE_LIMIT = 0.25  # sub-sample when Wxx or Wyy < 0.25 or det W < 0.25^2
 SUBSAMPLE_OFFSETS = np.array([-0.375, -0.125, 0.125, 0.375])
@@ -28,8 +31,6 @@ MAX_INVERSE_WEIGHT = 1e6  # W^-1 elements beyond this are rejected (W absurdly s
 UNWEIGHTED_BAD_MOMENT = 1.0 / 12.0  # moments of a single uniform pixel
 FLAT_LIMIT = 4096  # boxes up to this many pixels are summed with one matrix product
 CHUNK_PIXELS = 16384  # larger boxes are summed in row chunks of about this many pixels
-GROUP_SIZE_RATIO = 1.25  # the batch sums stamps whose box sizes agree within this factor together
-TAIL_FRACTION = 1.0 / 64.0  # the batch stops when no more of its stamps than this are still iterating
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,67 @@ def adaptive_moments(
     tol1: float = 1e-5,
     tol2: float = 1e-4,
 ) -> AdaptiveMomentsResult:
-    """Adaptive moments of `image` (background already subtracted) about the fixed centre (x, y)."""
+    """Adaptive moments of `image` (background already subtracted) about the fixed centre (x, y).
+
+    The iteration runs compiled (`moments_kernels`); an image with non-finite pixels in a moment box goes
+    through the numpy `_adaptive_moments_numpy`, whose NaN propagation it keeps.
+    """
+    from processccd.meas import moments_kernels
+
+    values = np.empty(9)
+    outcome = moments_kernels.adaptive_moments_iteration(image, float(x), float(y), max_iter, tol1, tol2, values)
+    if outcome == moments_kernels.NON_FINITE:
+        return _adaptive_moments_numpy(image, variance, x, y, shiftmax, max_iter, tol1, tol2)
+    wxx, wxy, wyy, i0, max_shift, s, sxx, sxy, syy = values.tolist()
+    return _moments_result(variance, x, y, shiftmax, outcome != moments_kernels.CONVERGED,
+                           outcome == moments_kernels.MAXITER, (wxx, wxy, wyy), i0, max_shift, (s, sxx, sxy, syy))
+
+
+def _moments_result(
+    variance: np.ndarray, x: float, y: float, shiftmax: float, unweighted: bool, hit_maxiter: bool,
+    weight_moments: tuple[float, float, float], i0: float, max_shift: float, sums: tuple[float, float, float, float],
+) -> AdaptiveMomentsResult:
+    """The result of the iteration: `sums` (S, Sxx, Sxy, Syy) are the unweighted sums over the last box
+    when `unweighted`, else the weighted ones at the converged W `weight_moments`."""
+    shifted = max_shift > shiftmax
+    nan = math.nan
+    no_covariance = np.full((4, 4), nan)
+    s, sxx, sxy, syy = sums
+    if unweighted:
+        if not (s > 0.0 and sxx > 0.0 and syy > 0.0):
+            moment = UNWEIGHTED_BAD_MOMENT if s > 0.0 else nan
+            return AdaptiveMomentsResult(
+                moment, 0.0 if s > 0.0 else nan, moment, nan, nan, nan, i0, s, no_covariance,
+                unweighted_bad=True, unweighted=True, shift=shifted, maxiter=hit_maxiter, max_shift=max_shift,
+            )
+        return AdaptiveMomentsResult(
+            sxx / s, sxy / s, syy / s, nan, nan, nan, i0, s, no_covariance,
+            unweighted=True, shift=shifted, maxiter=hit_maxiter, max_shift=max_shift,
+        )
+    wxx, wxy, wyy = weight_moments
+    covariance = no_covariance
+    ix, iy = math.floor(x + 0.5), math.floor(y + 0.5)
+    if 0 <= ix < variance.shape[1] and 0 <= iy < variance.shape[0] and variance[iy, ix] > 0:
+        covariance = _fisher_covariance(
+            *(np.array([v]) for v in (i0, wxx, wxy, wyy)), float(variance[iy, ix])
+        )[0]
+    return AdaptiveMomentsResult(
+        wxx, wxy, wyy, covariance[1, 1], covariance[3, 3], covariance[2, 2], i0, s, covariance,
+        shift=shifted, max_shift=max_shift,
+    )
+
+
+def _adaptive_moments_numpy(
+    image: np.ndarray,
+    variance: np.ndarray,
+    x: float,
+    y: float,
+    shiftmax: float = 2.0,
+    max_iter: int = 100,
+    tol1: float = 1e-5,
+    tol2: float = 1e-4,
+) -> AdaptiveMomentsResult:
+    """`adaptive_moments` with numpy sums over the whole moment box (any image, also non-finite pixels)."""
     shape = image.shape
     stamp: _Stamp | None = None  # the last box's pixels (boxes repeat once W settles)
     wxx, wxy, wyy = START_MOMENT, 0.0, START_MOMENT
@@ -259,36 +320,12 @@ def adaptive_moments(
             break
     if not converged and not unweighted:
         unweighted = hit_maxiter = True
-
-    shifted = max_shift > shiftmax
-    nan = math.nan
-    no_covariance = np.full((4, 4), nan)
     if unweighted:
         if stamp is None or stamp.box != box:
             stamp = _Stamp(image, x, y, box)
         sums = _weighted_sums(stamp, 0.0, 0.0, 0.0, subsample=False)
-        if not (sums.s > 0.0 and sums.sxx > 0.0 and sums.syy > 0.0):
-            moment = UNWEIGHTED_BAD_MOMENT if sums.s > 0.0 else nan
-            return AdaptiveMomentsResult(
-                moment, 0.0 if sums.s > 0.0 else nan, moment, nan, nan, nan, i0, sums.s, no_covariance,
-                unweighted_bad=True, unweighted=True, shift=shifted, maxiter=hit_maxiter, max_shift=max_shift,
-            )
-        wxx, wxy, wyy = sums.sxx / sums.s, sums.sxy / sums.s, sums.syy / sums.s
-        return AdaptiveMomentsResult(
-            wxx, wxy, wyy, nan, nan, nan, i0, sums.s, no_covariance,
-            unweighted=True, shift=shifted, maxiter=hit_maxiter, max_shift=max_shift,
-        )
-
-    covariance = no_covariance
-    ix, iy = math.floor(x + 0.5), math.floor(y + 0.5)
-    if 0 <= ix < shape[1] and 0 <= iy < shape[0] and variance[iy, ix] > 0:
-        covariance = _fisher_covariance(
-            *(np.array([v]) for v in (i0, wxx, wxy, wyy)), float(variance[iy, ix])
-        )[0]
-    return AdaptiveMomentsResult(
-        wxx, wxy, wyy, covariance[1, 1], covariance[3, 3], covariance[2, 2], i0, sums.s, covariance,
-        shift=shifted, max_shift=max_shift,
-    )
+    return _moments_result(variance, x, y, shiftmax, unweighted, hit_maxiter, (wxx, wxy, wyy), i0, max_shift,
+                           (sums.s, sums.sxx, sums.sxy, sums.syy))
 
 
 def psf_adaptive_sigma(psf_image: np.ndarray) -> float:
@@ -301,13 +338,12 @@ def psf_adaptive_sigma(psf_image: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class BatchMomentsResult:
-    """Outcome of `adaptive_moments_batch`: one entry per stamp, as the fields of `AdaptiveMomentsResult`.
+    """Outcome of `adaptive_moments_batch` / `adaptive_moments_sources`: one entry per stamp or source, as the
+    fields of `AdaptiveMomentsResult`.
 
-    `covariance` is (N, 4, 4); `fallback` holds the indices of the stamps that took a rare branch
-    (sub-sampling, a singular or out-of-range matrix, non-positive sums, the iteration limit; for
-    `adaptive_moments_stamps` also a moment box beyond the stamp) or were among the last few still
-    iterating: `adaptive_moments_batch` measured them with the scalar `adaptive_moments`,
-    `adaptive_moments_stamps` leaves them NaN for the caller.
+    `covariance` is (N, 4, 4); `fallback` holds the indices whose moment boxes held non-finite pixels (the
+    compiled iteration leaves those to the numpy code): `adaptive_moments_batch` measured them with
+    `adaptive_moments`, `adaptive_moments_sources` leaves them NaN for the caller.
     """
 
     ixx: np.ndarray
@@ -339,151 +375,6 @@ class BatchMomentsResult:
             return np.where(det > 0, np.sqrt(np.sqrt(np.where(det > 0, det, 1.0))), math.nan)
 
 
-@dataclass
-class _BatchIteration:
-    """State of the vectorised iteration, one entry per stamp; `converged` marks the stamps it finished."""
-
-    wxx: np.ndarray
-    wxy: np.ndarray
-    wyy: np.ndarray
-    i0: np.ndarray
-    sum_flux: np.ndarray
-    max_shift: np.ndarray
-    converged: np.ndarray
-
-
-def _batch_boxes(
-    xc: np.ndarray, yc: np.ndarray, wxx: np.ndarray, wyy: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_moment_box` limits x0, x1, y0, y1 per stamp before clipping: floor, which gives the same clipped
-    box as the scalar int() truncation and also tells whether the box reaches below index 0."""
-    rad = np.minimum(BOX_SIGMAS * np.sqrt(np.maximum(wxx, wyy)), MAX_BOX_RADIUS) + 0.5
-    x0, x1, y0, y1 = (np.floor(v).astype(np.int64) for v in (xc - rad, xc + rad, yc - rad, yc + rad))
-    return x0, x1, y0, y1
-
-
-def _batch_inverse(
-    a11: np.ndarray, a12: np.ndarray, a22: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_inverse_2x2` per element: (ok, det, inverse 11, 12, 22); values are junk where not ok."""
-    det = a11 * a22 - a12 * a12
-    ok = np.isfinite(det) & (det >= MIN_DETERMINANT)
-    safe = np.where(ok, det, 1.0)
-    return ok, det, a22 / safe, -a12 / safe, a11 / safe
-
-
-def _group_sums(
-    pixels: np.ndarray, dx: np.ndarray, dy: np.ndarray, column_in_box: np.ndarray, row_in_box: np.ndarray,
-    w11: np.ndarray, w12: np.ndarray, w22: np.ndarray,
-) -> np.ndarray:
-    """(n, 6) weighted sums of n windows (n, R, C) with their own offsets dx (n, C), dy (n, R) from the
-    centre, over each window's moment box (columns `column_in_box` (n, C) x rows `row_in_box` (n, R)).
-
-    The exponent is one batched product of (n, R, 5) row and (n, 5, C) column factors; the last two
-    factor pairs add OUT_OF_BOX_EXPONENT outside the box, so the exponent cut removes those pixels.
-    """
-    ones_x, ones_y = np.ones_like(dx), np.ones_like(dy)
-    row_penalty = np.where(row_in_box, 0.0, OUT_OF_BOX_EXPONENT)
-    column_penalty = np.where(column_in_box, 0.0, OUT_OF_BOX_EXPONENT)
-    row_factors = np.stack([2.0 * w12[:, None] * dy, ones_y, w22[:, None] * dy * dy, row_penalty, ones_y], axis=2)
-    column_factors = np.stack([dx, w11[:, None] * dx * dx, ones_x, ones_x, column_penalty], axis=1)
-    exponent = row_factors @ column_factors
-    weight = np.exp(-0.5 * exponent)
-    weight *= pixels
-    weight[exponent > MAX_EXPONENT] = 0.0
-    x_powers = np.stack([ones_x, dx, dx * dx], axis=2)
-    y_powers = np.stack([ones_y, dy, dy * dy], axis=1)
-    moments = (y_powers @ (weight @ x_powers)).reshape(len(pixels), 9)  # sums of dy^a dx^b w at 3a + b
-    return moments[:, [0, 1, 3, 2, 4, 6]]
-
-
-def _batch_weighted_sums(
-    stamps: np.ndarray, selected: np.ndarray, xc: np.ndarray, yc: np.ndarray, open_edges: np.ndarray,
-    wxx: np.ndarray, wyy: np.ndarray, w11: np.ndarray, w12: np.ndarray, w22: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ok, (n, 6) sums S, Sx, Sy, Sxx, Sxy, Syy) of the `selected` stamps, each over its own moment box.
-
-    The box is clipped to the stamp; `ok` is False where it would cross an open stamp edge (left, right,
-    top, bottom: the image goes on there). Stamps are summed in groups of similar box size (within a
-    factor GROUP_SIZE_RATIO), each group over the union of its boxes with every stamp's box as a mask.
-    """
-    height, width = stamps.shape[1:]
-    xs, ys = xc[selected], yc[selected]
-    x0, x1, y0, y1 = _batch_boxes(xs, ys, wxx, wyy)
-    edges = open_edges[selected]
-    ok = ~((edges[:, 0] & (x0 < 0)) | (edges[:, 1] & (x1 >= width)) | (edges[:, 2] & (y0 < 0))
-           | (edges[:, 3] & (y1 >= height)))
-    x0, x1 = np.maximum(x0, 0), np.minimum(x1, width - 1)
-    y0, y1 = np.maximum(y0, 0), np.minimum(y1, height - 1)
-    extent = np.maximum(np.maximum(x1 - x0, y1 - y0), 0) + 1
-    size_class = np.floor(np.log(extent) / math.log(GROUP_SIZE_RATIO)).astype(np.int64)
-    sums = np.zeros((selected.size, 6))
-    for size in np.unique(size_class[ok]):
-        group = np.flatnonzero(ok & (size_class == size))
-        columns = np.arange(x0[group].min(), x1[group].max() + 1)
-        rows = np.arange(y0[group].min(), y1[group].max() + 1)
-        column_in_box = (columns >= x0[group, None]) & (columns <= x1[group, None])
-        row_in_box = (rows >= y0[group, None]) & (rows <= y1[group, None])
-        pixels = stamps[selected[group], rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
-        dx, dy = columns[None, :] - xs[group, None], rows[None, :] - ys[group, None]
-        sums[group] = _group_sums(pixels, dx, dy, column_in_box, row_in_box, w11[group], w12[group], w22[group])
-    return ok, sums
-
-
-def _iterate_batch(
-    stamps: np.ndarray, xc: np.ndarray, yc: np.ndarray, open_edges: np.ndarray, max_iter: int, tol1: float,
-    tol2: float,
-) -> _BatchIteration:
-    """The weighted iteration of `adaptive_moments` for all stamps at once, each stamp stopping when it
-    converges; a stamp that takes a rare branch (sub-sampling, a singular or out-of-range matrix,
-    non-positive sums, a box crossing an open edge, the iteration limit) is left unconverged, and so are
-    the last few (TAIL_FRACTION) slow stamps, for which the scalar code is faster."""
-    count = len(stamps)
-    wxx, wxy, wyy = np.full(count, START_MOMENT), np.zeros(count), np.full(count, START_MOMENT)
-    e1_old, e2_old, mxx_old = np.full(count, 1e6), np.full(count, 1e6), np.full(count, 1e6)
-    i0, sum_flux, max_shift = np.zeros(count), np.zeros(count), np.zeros(count)
-    converged = np.zeros(count, dtype=bool)
-    active = np.arange(count)
-    for _ in range(max_iter):
-        if active.size <= count * TAIL_FRACTION:
-            break
-        a_wxx, a_wxy, a_wyy = wxx[active], wxy[active], wyy[active]
-        ok, det_w, w11, w12, w22 = _batch_inverse(a_wxx, a_wxy, a_wyy)
-        ok &= (w11 >= 0.0) & (w11 <= MAX_INVERSE_WEIGHT) & (w22 >= 0.0) & (w22 <= MAX_INVERSE_WEIGHT)
-        ok &= np.abs(w12) <= MAX_INVERSE_WEIGHT
-        ok &= ~((a_wxx < SUBSAMPLE_LIMIT) | (a_wyy < SUBSAMPLE_LIMIT) | (det_w < SUBSAMPLE_LIMIT**2))
-        active, a_wxx, a_wyy = active[ok], a_wxx[ok], a_wyy[ok]
-        det_w, w11, w12, w22 = det_w[ok], w11[ok], w12[ok], w22[ok]
-        if active.size == 0:
-            break
-        ok, sums = _batch_weighted_sums(stamps, active, xc, yc, open_edges, a_wxx, a_wyy, w11, w12, w22)
-        s, sx, sy, sxx, sxy, syy = sums.T
-        ok &= (s > 0.0) & (sxx > 0.0) & (syy > 0.0)
-        active, det_w, w11, w12, w22 = active[ok], det_w[ok], w11[ok], w12[ok], w22[ok]
-        s, sx, sy, sxx, sxy, syy = s[ok], sx[ok], sy[ok], sxx[ok], sxy[ok], syy[ok]
-        i0[active] = s / (math.pi * np.sqrt(det_w))
-        sum_flux[active] = s
-        max_shift[active] = np.maximum(max_shift[active], np.maximum(np.abs(sx / s), np.abs(sy / s)))
-        mxx, mxy, myy = sxx / s, sxy / s, syy / s
-        e1 = (mxx - myy) / (mxx + myy)
-        e2 = 2.0 * mxy / (mxx + myy)
-        done = (
-            (np.abs(e1 - e1_old[active]) < tol1)
-            & (np.abs(e2 - e2_old[active]) < tol1)
-            & (np.abs(mxx / mxx_old[active] - 1.0) < tol2)
-        )
-        converged[active[done]] = True
-        going = ~done
-        active, w11, w12, w22 = active[going], w11[going], w12[going], w22[going]
-        e1_old[active], e2_old[active], mxx_old[active] = e1[going], e2[going], mxx[going]
-        ok, _, m11, m12, m22 = _batch_inverse(mxx[going], mxy[going], myy[going])
-        update_ok, _, new_wxx, new_wxy, new_wyy = _batch_inverse(m11 - w11, m12 - w12, m22 - w22)
-        ok &= update_ok & (new_wxx > 0.0) & (new_wyy > 0.0)
-        active = active[ok]
-        wxx[active], wxy[active], wyy[active] = new_wxx[ok], new_wxy[ok], new_wyy[ok]
-    return _BatchIteration(wxx, wxy, wyy, i0, sum_flux, max_shift, converged)
-
-
 def _fisher_covariance(
     i0: np.ndarray, wxx: np.ndarray, wxy: np.ndarray, wyy: np.ndarray, pixel_variance: np.ndarray | float
 ) -> np.ndarray:
@@ -511,28 +402,38 @@ def _fisher_covariance(
 
 
 def _batch_result(
-    state: _BatchIteration, centre_variance: np.ndarray, centre_in_image: np.ndarray, shiftmax: float
+    values: np.ndarray, outcomes: np.ndarray, centre_variance: np.ndarray, centre_in_image: np.ndarray,
+    shiftmax: float,
 ) -> BatchMomentsResult:
-    """The result of the converged stamps (covariance where the centre pixel is in the image with a positive
-    variance); the others are NaN, unflagged and listed in `fallback`."""
-    converged = state.converged
-    count = converged.size
+    """The results of `moments_kernels` runs (values (N, 9), outcomes (N,)) as `_moments_result` builds them
+    one by one: covariance where converged with the centre pixel in the image at a positive variance;
+    NON_FINITE runs are NaN, unflagged and listed in `fallback`."""
+    from processccd.meas import moments_kernels
+
+    count = len(outcomes)
+    wxx, wxy, wyy, i0, max_shift, s, sxx, sxy, syy = values.T
+    fallback = outcomes == moments_kernels.NON_FINITE
+    converged = outcomes == moments_kernels.CONVERGED
+    unweighted = ~converged & ~fallback
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unweighted_bad = unweighted & ~((s > 0.0) & (sxx > 0.0) & (syy > 0.0))
+        cases = [converged, unweighted & ~unweighted_bad, unweighted_bad]
+        bad_moment = np.where(s > 0.0, UNWEIGHTED_BAD_MOMENT, math.nan)
+        ixx = np.select(cases, [wxx, sxx / s, bad_moment], math.nan)
+        iyy = np.select(cases, [wyy, syy / s, bad_moment], math.nan)
+        ixy = np.select(cases, [wxy, sxy / s, np.where(s > 0.0, 0.0, math.nan)], math.nan)
     covariance = np.full((count, 4, 4), math.nan)
     with_covariance = converged & centre_in_image & (centre_variance > 0)
     if with_covariance.any():
         covariance[with_covariance] = _fisher_covariance(
-            state.i0[with_covariance], state.wxx[with_covariance], state.wxy[with_covariance],
-            state.wyy[with_covariance], centre_variance[with_covariance],
+            i0[with_covariance], wxx[with_covariance], wxy[with_covariance], wyy[with_covariance],
+            centre_variance[with_covariance],
         )
-    ixx, ixy, iyy, i0, sum_flux, max_shift = (
-        np.where(converged, values, math.nan)
-        for values in (state.wxx, state.wxy, state.wyy, state.i0, state.sum_flux, state.max_shift)
-    )
-    no_flag = np.zeros(count, dtype=bool)
+    measured = ~fallback
     return BatchMomentsResult(
-        ixx, ixy, iyy, covariance[:, 1, 1], covariance[:, 3, 3], covariance[:, 2, 2], i0, sum_flux, covariance,
-        unweighted_bad=no_flag.copy(), unweighted=no_flag.copy(), shift=converged & (max_shift > shiftmax),
-        maxiter=no_flag.copy(), max_shift=max_shift, fallback=np.flatnonzero(~converged),
+        ixx, ixy, iyy, covariance[:, 1, 1], covariance[:, 3, 3], covariance[:, 2, 2], i0, s, covariance,
+        unweighted_bad=unweighted_bad, unweighted=unweighted, shift=measured & (max_shift > shiftmax),
+        maxiter=outcomes == moments_kernels.MAXITER, max_shift=max_shift, fallback=np.flatnonzero(fallback),
     )
 
 
@@ -555,20 +456,19 @@ def adaptive_moments_batch(
     tol2: float = 1e-4,
 ) -> BatchMomentsResult:
     """`adaptive_moments` of N same-shape stamps (N, H, W) about one fixed centre (xc, yc), with a
-    constant variance image `pixel_variance`.
+    constant variance image `pixel_variance`, compiled in one call; stamps with non-finite pixels in a
+    moment box go through `adaptive_moments` (listed in `fallback`)."""
+    from processccd.meas import moments_kernels
 
-    The common path (no sub-sampling, every matrix regular, convergence within `max_iter`) runs for all
-    stamps at once, each stamp stopping when it converges; a stamp that would leave it is measured again
-    with the scalar `adaptive_moments` and listed in `fallback`.
-    """
     stamps = np.asarray(stamps, dtype=np.float64)
     if stamps.ndim != 3:
         raise ValueError(f"stamps must be (N, H, W), got shape {stamps.shape}")
     count = len(stamps)
-    xcs, ycs = np.full(count, float(xc)), np.full(count, float(yc))
-    state = _iterate_batch(stamps, xcs, ycs, np.zeros((count, 4), dtype=bool), max_iter, tol1, tol2)
-    in_stamp = _centre_pixels(xcs, ycs, stamps.shape[1:])[2]
-    result = _batch_result(state, np.full(count, float(pixel_variance)), in_stamp, shiftmax)
+    values = np.full((count, 9), math.nan)
+    outcomes = np.empty(count, dtype=np.int64)
+    moments_kernels.adaptive_moments_images(stamps, float(xc), float(yc), max_iter, tol1, tol2, values, outcomes)
+    in_stamp = _centre_pixels(np.full(count, float(xc)), np.full(count, float(yc)), stamps.shape[1:])[2]
+    result = _batch_result(values, outcomes, np.full(count, float(pixel_variance)), in_stamp, shiftmax)
     variance = np.full(stamps.shape[1:], pixel_variance)
     for index in result.fallback:
         scalar = adaptive_moments(stamps[index], variance, xc, yc, shiftmax, max_iter, tol1, tol2)
@@ -578,42 +478,43 @@ def adaptive_moments_batch(
     return result
 
 
-def adaptive_moments_stamps(
-    stamps: np.ndarray,
-    inside: np.ndarray,
-    xc: np.ndarray,
-    yc: np.ndarray,
-    centre_variance: np.ndarray,
+def adaptive_moments_sources(
+    image: np.ndarray,
+    variance: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    footprint_deltas: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     shiftmax: float = 2.0,
     max_iter: int = 100,
     tol1: float = 1e-5,
     tol2: float = 1e-4,
 ) -> BatchMomentsResult:
-    """`adaptive_moments` of N sources, each from a square stamp (N, S, S) cut from its own image.
+    """`adaptive_moments` of N sources about (x, y) on the full image, compiled in one call.
 
-    `inside` marks the stamp pixels within the image (a rectangle, as `stamp_indices` gives; the other
-    pixels are ignored), (xc, yc) are the fixed centres in stamp pixel coordinates and `centre_variance`
-    the image variance at each centre pixel. The moment box is clipped to the image as the scalar code
-    clips it. A source whose box would reach beyond a stamp edge that lies in the image (so possibly
-    also where the image ends exactly there), that takes a rare branch (sub-sampling, a singular matrix,
-    non-positive sums, the iteration limit) or is among the last few still iterating is listed in
-    `fallback` with NaN values and no flags: the caller measures it with `adaptive_moments` on the
-    full image.
+    `footprint_deltas` ((source, ys, xs, original - noise) of every footprint pixel, sorted by source, as
+    `NoiseReplacer.footprint_deltas` gives) puts each source's own footprint back into `image` (every
+    footprint replaced by noise) while it is measured; `image` is left as it was. Sources whose moment
+    boxes hold non-finite pixels (or with a non-finite centre) are listed in `fallback` with NaN values and
+    no flags: the caller measures them with `adaptive_moments`.
     """
-    stamps = np.asarray(stamps, dtype=np.float64)
-    inside = np.asarray(inside, dtype=bool)
-    if stamps.ndim != 3 or stamps.shape[1] != stamps.shape[2] or inside.shape != stamps.shape:
-        raise ValueError(f"stamps must be (N, S, S) with a mask of the same shape, got {stamps.shape}, {inside.shape}")
-    xc, yc = np.asarray(xc, dtype=np.float64), np.asarray(yc, dtype=np.float64)
-    open_edges = np.stack(
-        [inside[:, :, 0].any(axis=1), inside[:, :, -1].any(axis=1), inside[:, 0, :].any(axis=1),
-         inside[:, -1, :].any(axis=1)],
-        axis=1,
-    )
-    state = _iterate_batch(np.where(inside, stamps, 0.0), xc, yc, open_edges, max_iter, tol1, tol2)
-    ix, iy, in_stamp = _centre_pixels(xc, yc, stamps.shape[1:])
-    centre_in_image = in_stamp & inside[np.arange(len(stamps)), iy, ix]
-    return _batch_result(state, np.asarray(centre_variance, dtype=np.float64), centre_in_image, shiftmax)
+    from processccd.meas import moments_kernels
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    count = x.size
+    if footprint_deltas is None:
+        starts = np.zeros(count + 1, dtype=np.int64)
+        ys = xs = np.zeros(0, dtype=np.int64)
+        deltas = np.zeros(0)
+    else:
+        source, ys, xs, deltas = footprint_deltas
+        starts = np.searchsorted(source, np.arange(count + 1))
+    values = np.full((count, 9), math.nan)
+    outcomes = np.empty(count, dtype=np.int64)
+    moments_kernels.adaptive_moments_sources(image, x, y, starts, ys, xs, deltas, max_iter, tol1, tol2, values,
+                                             outcomes)
+    finite = outcomes != moments_kernels.NON_FINITE
+    ix, iy, in_image = _centre_pixels(np.where(finite, x, 0.0), np.where(finite, y, 0.0), image.shape)
+    return _batch_result(values, outcomes, variance[iy, ix].astype(np.float64), in_image, shiftmax)
 
 
 def psf_adaptive_sigma_batch(psf_images: np.ndarray) -> np.ndarray:

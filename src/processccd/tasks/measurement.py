@@ -13,7 +13,7 @@ import numpy as np
 from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
-from processccd.meas.centroid import GAUSSIAN_STAMP_HALF, gaussian_centroid, gaussian_centroid_stamps, sdss_centroid
+from processccd.meas.centroid import gaussian_centroid, gaussian_centroid_sources, sdss_centroid
 from processccd.meas.gaussian_flux import (
     gaussian_flux_from_batch,
     gaussian_flux_from_moments,
@@ -23,12 +23,11 @@ from processccd.meas.model_flux import ModelFluxConfig, PsfModelCache, fit_psf_m
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
 from processccd.meas.psf_flux import nearest_pixel, psf_flux_of_stamps, stamp_indices, take_stamps
-from processccd.meas.shape import adaptive_moments, adaptive_moments_stamps, psf_adaptive_sigma_batch
+from processccd.meas.shape import adaptive_moments, adaptive_moments_sources, psf_adaptive_sigma_batch
 from processccd.psf import Psf
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
 
 SEQUENCE_BITS = 26  # source id = exposure id << 26 | sequence number
-SHAPE_STAMP_HALF = 20  # 41 x 41 stamps hold the adaptive-moment box of all but the largest sources
 
 
 @dataclass
@@ -159,12 +158,11 @@ class MeasurementTask:
 
     @staticmethod
     def _gaussian_centroids(cols: dict[str, np.ndarray], image: np.ndarray, replacer: NoiseReplacer | None) -> None:
-        """centroid.gaussian of all sources from stamps; the few that need more of the image one by one."""
+        """centroid.gaussian of all sources (compiled, on the full image); the rare sources with non-finite
+        pixels one by one."""
         x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
-        half = GAUSSIAN_STAMP_HALF
-        stamps, _ = own_footprint_stamps(image, replacer, x, y, half)
-        gx, gy, _, fallback = gaussian_centroid_stamps(stamps, nearest_pixel(x) - half, nearest_pixel(y) - half,
-                                                       x, y, image.shape)
+        deltas = None if replacer is None else replacer.footprint_deltas()
+        gx, gy, _, fallback = gaussian_centroid_sources(image, x, y, deltas)
         for i in fallback:
             with isolated(replacer, int(i)):
                 gx[i], gy[i], _ = gaussian_centroid(image, float(x[i]), float(y[i]))
@@ -172,14 +170,11 @@ class MeasurementTask:
 
     def _shapes(self, cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray,
                 replacer: NoiseReplacer | None) -> None:
-        """shape.sdss and flux.gaussian of all sources from stamps; the rare hard cases one by one."""
+        """shape.sdss and flux.gaussian of all sources (compiled, on the full image); the rare sources with
+        non-finite pixels one by one."""
         x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
-        half = SHAPE_STAMP_HALF
-        stamps, inside = own_footprint_stamps(image, replacer, x, y, half)
-        ix = np.clip(nearest_pixel(x), 0, image.shape[1] - 1)
-        iy = np.clip(nearest_pixel(y), 0, image.shape[0] - 1)
-        moments = adaptive_moments_stamps(stamps, inside, x - nearest_pixel(x) + half, y - nearest_pixel(y) + half,
-                                          variance[iy, ix].astype(np.float64), shiftmax=self.config.shape_shiftmax)
+        deltas = None if replacer is None else replacer.footprint_deltas()
+        moments = adaptive_moments_sources(image, variance, x, y, deltas, shiftmax=self.config.shape_shiftmax)
         cols["shape.sdss.ixx"], cols["shape.sdss.ixy"], cols["shape.sdss.iyy"] = \
             moments.ixx, moments.ixy, moments.iyy
         cols["shape.sdss.err.ixx"] = moments.err_ixx.astype(np.float32)
