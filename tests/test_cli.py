@@ -211,15 +211,3 @@ def test_qa_writes_pngs_and_an_index(demo_dir, tmp_path):
     shutil.rmtree(output / "qa")
     again = _cli(str(demo_dir / "input"), *ONE_U, "--output", str(output), "-j", "1", "--qa")
     assert again.returncode == 0 and "skipped" in again.stdout and png.is_file()  # QA of a skipped frame
-
-
-def test_freed_arrays_go_back_to_the_system_in_workers_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fixed mmap threshold is set for this process and, through the environment, for worker processes."""
-    from processccd.cli.process_ccd import MMAP_THRESHOLD_BYTES, return_freed_arrays_to_the_system
-
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    return_freed_arrays_to_the_system()
-    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(MMAP_THRESHOLD_BYTES)
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # a user's own setting wins
-    return_freed_arrays_to_the_system()
-    assert os.environ["MALLOC_MMAP_THRESHOLD_"] == "65536"

@@ -7,8 +7,6 @@ succeeded, else the exit code of the first failure (processccd.errors), 130 when
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -304,28 +302,10 @@ def format_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-MMAP_THRESHOLD_BYTES = 128 * 1024
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def return_freed_arrays_to_the_system() -> None:
-    """Keep glibc's mmap threshold fixed at 128 KiB in this process and its children.
-
-    By default glibc raises the threshold up to 32 MiB after the first large block is freed, so the next
-    frame's image-sized arrays come from the heap, whose freed space fragments and is not returned: the
-    resident size of a many-frame run then creeps up by ~100 MB per worker. Fixed, every array above 128 KiB is
-    its own mapping, unmapped when freed (measured on the 10 demo frames with -j 1: peak RSS 679 -> 432 MB).
-    The environment variable covers worker processes started later; mallopt this process (glibc only)."""
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD_BYTES))
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator has its own policy
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)  # the C library Python runs on
-
-
 def main() -> None:
     """Console-script entry point of `process-ccd`."""
     # One process per core does the parallel work; BLAS threads inside each would only oversubscribe the
     # cores (the pipeline's matrix products are small). Set before numpy is imported; a user's value wins.
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
-    return_freed_arrays_to_the_system()
     command.main(args=join_id_tokens(sys.argv[1:]), prog_name="process-ccd")
