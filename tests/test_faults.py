@@ -23,6 +23,7 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+import processccd.image
 from fault_data import CORRUPT_FILE, CORRUPTIONS, FIELD_WIDE, constant_fpc, mirror_input
 from processccd.butler import Butler
 from processccd.dataid import DataId
@@ -232,15 +233,15 @@ def _raise_enospc_for_z(original: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@pytest.mark.parametrize("target", ["HDUList.writeto", "os.replace"])
+@pytest.mark.parametrize("target", ["write_hdus", "os.replace"])
 def test_disk_full(target: str, demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    capsys: pytest.CaptureFixture[str]) -> None:
     from processccd.cli.process_ccd import command
 
     if target == "os.replace":
         monkeypatch.setattr(os, "replace", _raise_enospc_for_z(os.replace))
-    else:
-        monkeypatch.setattr(fits.HDUList, "writeto", _raise_enospc_for_z(fits.HDUList.writeto))
+    else:  # the FITS writer of the calexp, the first product written
+        monkeypatch.setattr(processccd.image, "write_hdus", _raise_enospc_for_z(processccd.image.write_hdus))
     output = tmp_path / "output"
     args = [str(demo_dir / "input"), "--output", str(output), "-j", "1", "--id", " ".join(ID_WORDS)]
     with pytest.raises(SystemExit) as exit_:

@@ -8,12 +8,14 @@ value, slope and curvature of the spline (linear, since a natural spline has zer
 
 Quantiles (median and quartiles of the first clipping pass) use linear interpolation between order
 statistics at index p (n - 1) (numpy's default "linear" method); this is the definition afw's percentile
-helper used.
+helper used. The order statistics of float32 data come from an exact radix select and the cell pixels are
+gathered by compiled loops (`processccd.pixel_kernels`, imported on first use).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy.interpolate import CubicSpline
@@ -23,9 +25,6 @@ from processccd.errors import CalibrationError
 IQ_TO_STDEV = 0.741301109252802  # interquartile range -> standard deviation of a Gaussian
 SPLINE_MIN_POINTS = 3  # a natural cubic spline needs >= 3 knots (afw/GSL cspline; fewer -> exception)
 
-# arrays larger than this get their quantiles by bracketing with a sorted subsample (exact, faster)
-_DIRECT_SELECTION_SIZE = 20_000
-_SUBSAMPLE_STEP = 64
 _CORE_FRACTION = 0.7  # values within this fraction of the first clipping window are summed once
 
 
@@ -36,26 +35,6 @@ class ClippedStats:
     mean: float
     stdev: float
     n_kept: int
-
-
-def _bracketed_order_statistics(values: np.ndarray, sample: np.ndarray, first_rank: int) -> tuple[float, float] | None:
-    """Order statistics of rank `first_rank` and `first_rank + 1` of `values`, bracketed with the sorted
-    subsample `sample`; None if the bracket missed them."""
-    n, m = values.size, sample.size
-    fraction = first_rank / max(n - 1, 1)
-    margin = 8.0 * np.sqrt(m * max(fraction * (1.0 - fraction), 1.0 / m)) + 4.0
-    position = fraction * (m - 1)
-    lo_index = int(np.floor(position - margin))
-    hi_index = int(np.ceil(position + margin))
-    lo = sample[lo_index] if lo_index >= 0 else -np.inf
-    hi = sample[hi_index] if hi_index < m else np.inf
-    n_below = np.count_nonzero(values < lo)
-    between = values[(values >= lo) & (values <= hi)]
-    k = first_rank - n_below
-    if k < 0 or k + 1 >= between.size:
-        return None
-    part = np.partition(between, (k, k + 1))
-    return float(part[k]), float(part[k + 1])
 
 
 def percentiles(values: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
@@ -69,14 +48,17 @@ def percentiles(values: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
     indices = np.asarray(fractions, dtype=np.float64) * (n - 1)
     ranks = np.minimum(np.floor(indices).astype(np.int64), n - 2)
     weights = indices - ranks
-    pairs = None
-    if n > _DIRECT_SELECTION_SIZE:
-        sample = np.sort(values[::_SUBSAMPLE_STEP])
-        pairs = [_bracketed_order_statistics(values, sample, int(rank)) for rank in ranks]
-    if pairs is None or any(pair is None for pair in pairs):
-        part = np.partition(values, np.unique(np.concatenate([ranks, ranks + 1])))
-        pairs = [(float(part[rank]), float(part[rank + 1])) for rank in ranks]
-    lower, upper = np.array(pairs, dtype=np.float64).T
+    wanted = np.unique(np.concatenate([ranks, ranks + 1]))
+    selected = False
+    if values.dtype == np.float32 and wanted.size < 65535:
+        from processccd import pixel_kernels
+
+        selected, order_statistics = pixel_kernels.float32_order_statistics(values, wanted)
+    if not selected:  # other dtypes, or NaN present
+        order_statistics = np.partition(values, wanted)[wanted]
+    order_statistics = order_statistics.astype(np.float64)
+    lower = order_statistics[np.searchsorted(wanted, ranks)]
+    upper = order_statistics[np.searchsorted(wanted, ranks + 1)]
     return lower + (upper - lower) * weights
 
 
@@ -100,10 +82,9 @@ def _in_window(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 class _Sums:
-    """Count, sum and sum of squares of (v - reference) over a set of values, in float64."""
+    """Count, sum and sum of squares of float64 offsets (values minus a reference)."""
 
-    def __init__(self, values: np.ndarray, reference: float) -> None:
-        offsets = values.astype(np.float64) - reference
+    def __init__(self, offsets: np.ndarray) -> None:
         self.n = offsets.size
         self.s1 = float(offsets.sum())
         self.s2 = float(np.einsum("i,i->", offsets, offsets))  # not BLAS: no thread start-up
@@ -127,19 +108,21 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3) -> 
         values = values.astype(np.float64)
     if values.size == 0:
         raise ValueError("clipped statistics of an empty array")
+    from processccd import pixel_kernels
+
     q25, median, q75 = percentiles(values, (0.25, 0.5, 0.75))
     reference = float(median)
     centre, half_width = reference, n_sigma * IQ_TO_STDEV * float(q75 - q25)
     core_lo, core_hi = centre - _CORE_FRACTION * half_width, centre + _CORE_FRACTION * half_width
-    in_core = _in_window(values, core_lo, core_hi)
-    core, fringe = _Sums(values[in_core], reference), values[~in_core]
+    core_offsets, fringe = pixel_kernels.split_core(values, core_lo, core_hi, reference)
+    core = _Sums(core_offsets)
     mean, stdev, n_kept = np.nan, np.nan, 0
     for _ in range(n_iter):
         lo, hi = centre - half_width, centre + half_width
         if lo <= core_lo and hi >= core_hi:
-            sums = core + _Sums(fringe[_in_window(fringe, lo, hi)], reference)
+            sums = core + _Sums(fringe[_in_window(fringe, lo, hi)].astype(np.float64) - reference)
         else:
-            sums = _Sums(values[_in_window(values, lo, hi)], reference)
+            sums = _Sums(values[_in_window(values, lo, hi)].astype(np.float64) - reference)
         n_kept = sums.n
         if n_kept == 0:
             return ClippedStats(np.nan, np.nan, 0)
@@ -216,6 +199,15 @@ def natural_spline_weights(knots: np.ndarray, positions: np.ndarray) -> np.ndarr
     return weights
 
 
+@lru_cache(maxsize=8)
+def _axis_spline_weights(n_pixels: int, n_cells: int) -> np.ndarray:
+    """Read-only `natural_spline_weights` from the centres of `n_cells` cells to every pixel of an axis of
+    `n_pixels` (cached: every frame has the same grid)."""
+    weights = natural_spline_weights(cell_centres(cell_edges(n_pixels, n_cells)), np.arange(n_pixels))
+    weights.flags.writeable = False
+    return weights
+
+
 def estimate_background(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -236,17 +228,24 @@ def estimate_background(
             f"a natural spline needs >= {SPLINE_MIN_POINTS} cells per axis"
         )
     x_edges, y_edges = cell_edges(width, nx), cell_edges(height, ny)
-    ignored = None if mask is None or ignore_bits == 0 else (np.asarray(mask) & ignore_bits) != 0
+    from processccd.pixel_kernels import unmasked_values
+
+    if mask is not None and ignore_bits != 0:
+        image = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("="))  # native: compiled loops
+        mask = np.ascontiguousarray(mask, dtype=np.asarray(mask).dtype.newbyteorder("="))
     cell_values = np.empty((ny, nx))
     for j in range(ny):
         for i in range(nx):
-            cell = (slice(y_edges[j], y_edges[j + 1]), slice(x_edges[i], x_edges[i + 1]))
-            values = image[cell] if ignored is None else image[cell][~ignored[cell]]
+            if mask is None or ignore_bits == 0:
+                values = image[y_edges[j] : y_edges[j + 1], x_edges[i] : x_edges[i + 1]]
+            else:
+                values = unmasked_values(image, mask, ignore_bits, y_edges[j], y_edges[j + 1], x_edges[i],
+                                         x_edges[i + 1])
             cell_values[j, i] = clipped_mean(values, n_sigma_clip, n_clip_iter) if values.size else np.nan
     if not np.all(np.isfinite(cell_values)):
         bad = np.argwhere(~np.isfinite(cell_values)).tolist()
         raise CalibrationError(f"background: no usable pixels in grid cells (iy, ix) {bad}")
     centres_x, centres_y = cell_centres(x_edges), cell_centres(y_edges)
-    along_y = natural_spline_weights(centres_y, np.arange(height)) @ cell_values  # (H, nx)
-    model = along_y @ natural_spline_weights(centres_x, np.arange(width)).T  # (H, W)
+    along_y = _axis_spline_weights(height, ny) @ cell_values  # (H, nx)
+    model = along_y @ _axis_spline_weights(width, nx).T  # (H, W)
     return BackgroundModel(model.astype(np.float32), cell_values, centres_x, centres_y)

@@ -3,7 +3,8 @@
 measurement-spec.md §2.1 "Detection": smooth with a normalised separable Gaussian of the PSF width, threshold
 at `threshold` x the clipped stdev of the smoothed image, 8-connected footprints numbered by afw's
 raster-scan / alias rule, grow them (Manhattan metric) only to set the DETECTED mask, mask the negative
-detections, then re-estimate and subtract the background with the detections masked.
+detections, then re-estimate and subtract the background with the detections masked. The pixel loops
+(smoothing, runs above threshold, growth) are compiled (`processccd.pixel_kernels`, imported on first use).
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def smooth_middle(image: np.ndarray, sigma: float, kernel_size: int) -> np.ndarr
 
     Only that "middle" region is fully covered by the kernel (afw leaves the border invalid), so it is all
     that is returned: float32 of shape (H - 2 b, W - 2 b), b = kernel_size // 2. Kernel taps below 1e-12 of
-    the central one are dropped (their contribution is far below float32 resolution).
+    the central one are dropped (their contribution is far below float32 resolution). The arithmetic is
+    that of scipy.ndimage.correlate1d along x, then y (float64 sums, float32 after each pass).
     """
     border = kernel_size // 2
     height, width = image.shape
@@ -123,23 +125,9 @@ def smooth_middle(image: np.ndarray, sigma: float, kernel_size: int) -> np.ndarr
     significant = np.flatnonzero(kernel >= 1e-12 * kernel.max())
     half = min(int(significant.max()) - border, border)
     taps = kernel[border - half : border + half + 1]
-    image32 = np.asarray(image, dtype=np.float32)
-    rows = image32[:, border - half : width - border + half]
-    along_x = ndimage.correlate1d(rows, taps, axis=1, output=np.float32, mode="constant")[:, half:-half or None]
-    along_x = along_x[border - half : height - border + half]
-    along_y = ndimage.correlate1d(along_x, taps, axis=0, output=np.float32, mode="constant")
-    return np.ascontiguousarray(along_y[half : along_y.shape[0] - half])
+    from processccd.pixel_kernels import smooth_symmetric
 
-
-def _spans(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs of set pixels (row, first x, last x inclusive), in raster order."""
-    height, width = binary.shape
-    padded = np.zeros((height, width + 2), dtype=np.int8)
-    padded[:, 1:-1] = binary
-    steps = np.diff(padded, axis=1)
-    rows, first = np.nonzero(steps == 1)
-    _, past_last = np.nonzero(steps == -1)
-    return rows.astype(np.int64), first.astype(np.int64), past_last.astype(np.int64) - 1
+    return smooth_symmetric(np.ascontiguousarray(image, dtype=np.float32), taps, border)
 
 
 def _resolve(parent: np.ndarray) -> np.ndarray:
@@ -152,8 +140,8 @@ def _resolve(parent: np.ndarray) -> np.ndarray:
         parent = grand
 
 
-def _label_pixels(binary: np.ndarray) -> _LabelledPixels:
-    """8-connected footprints of `binary`, numbered in afw FootprintSet emission order.
+def _label_pixels(image: np.ndarray, threshold: np.float32 | np.uint8) -> _LabelledPixels:
+    """8-connected footprints of the pixels image >= threshold, numbered in afw FootprintSet emission order.
 
     afw scans rows upwards, x increasing; a pixel takes the label of the first labelled neighbour among
     left, lower-left, lower, lower-right, else a new label; if the lower-right neighbour's label L2 differs,
@@ -162,8 +150,10 @@ def _label_pixels(binary: np.ndarray) -> _LabelledPixels:
     touches its first pixel (x0 - 1..x0 + 1); every other previous-row span it overlaps (x0 - 1..x1 + 1)
     is merged, in x order, under the root of the span's own set.
     """
-    height, width = binary.shape
-    row, x0, x1 = _spans(binary)
+    from processccd.pixel_kernels import threshold_spans
+
+    width = image.shape[1]
+    row, x0, x1 = threshold_spans(image, threshold)
     n_spans = row.size
     if n_spans == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -209,7 +199,7 @@ def _label_pixels(binary: np.ndarray) -> _LabelledPixels:
 
 def lsst_footprint_labels(binary: np.ndarray) -> np.ndarray:
     """int32 label image of the 8-connected footprints of `binary`: 0 = none, i + 1 = i-th emitted."""
-    pixels = _label_pixels(np.asarray(binary, dtype=bool))
+    pixels = _label_pixels(np.ascontiguousarray(binary, dtype=bool).view(np.uint8), np.uint8(1))
     labels = np.zeros(np.shape(binary), dtype=np.int32)
     labels[pixels.y, pixels.x] = pixels.footprint + 1
     return labels
@@ -217,14 +207,19 @@ def lsst_footprint_labels(binary: np.ndarray) -> np.ndarray:
 
 def grow_diamond(binary: np.ndarray, radius: int) -> np.ndarray:
     """Dilation by the Manhattan ball |dx| + |dy| <= radius, clipped to the array."""
-    grown = np.array(binary, dtype=bool)
-    for _ in range(radius):
-        previous = grown.copy()
-        grown[1:] |= previous[:-1]
-        grown[:-1] |= previous[1:]
-        grown[:, 1:] |= previous[:, :-1]
-        grown[:, :-1] |= previous[:, 1:]
-    return grown
+    binary = np.ascontiguousarray(binary, dtype=bool)
+    grown = np.zeros(binary.shape, dtype=np.uint8)
+    _set_grown(grown, 1, binary.view(np.uint8), radius)
+    return grown.view(bool)
+
+
+def _set_grown(mask: np.ndarray, bit: int, nonzero: np.ndarray, radius: int, offset: int = 0) -> None:
+    """Set `bit` in `mask` within Manhattan distance `radius` (clipped to `mask`) of the pixels >= 1 of the
+    non-negative integer image `nonzero`, whose pixel (0, 0) is mask pixel (offset, offset)."""
+    from processccd.pixel_kernels import or_diamonds, threshold_spans
+
+    rows, firsts, lasts = threshold_spans(nonzero, nonzero.dtype.type(1))
+    or_diamonds(mask, rows + offset, firsts + offset, lasts + offset, radius, bit)
 
 
 def _build_footprints(
@@ -251,10 +246,11 @@ def _build_footprints(
     if n_kept == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Footprints(label_image, empty, empty, np.zeros(0), np.zeros((0, 4), np.int64), offsets, ys, xs)
-    # maximum per footprint; ties go to the first pixel in raster order (lexsort is stable)
-    by_value = np.lexsort((-values.astype(np.float64), footprint))
-    first = by_value[offsets[:-1]]
+    # maximum per footprint; ties go to the first pixel in raster order
     starts = offsets[:-1]
+    peak_value = np.maximum.reduceat(values, starts)
+    at_peak = np.flatnonzero(values == np.repeat(peak_value, np.diff(offsets)))
+    first = at_peak[np.searchsorted(at_peak, starts)]
     bbox = np.stack(
         [
             np.minimum.reduceat(xs, starts),
@@ -298,17 +294,16 @@ def detect_sources(
     bits = {**MASK_BITS, **(mask_bits or {})}
     edge, detected, detected_negative = bits["EDGE"], bits["DETECTED"], bits["DETECTED_NEGATIVE"]
     image = np.asarray(image, dtype=np.float32)
-    mask = np.array(mask, copy=True)
+    mask = np.array(mask, dtype=np.asarray(mask).dtype.newbyteorder("="), copy=True)  # native: compiled loops
     if mask.shape != image.shape:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
     np.bitwise_and(mask, ~np.array(detected | detected_negative, dtype=mask.dtype), out=mask)
     border = config.kernel_size // 2
 
     smoothed = smooth_middle(image, psf_sigma, config.kernel_size)
-    middle = (slice(border, image.shape[0] - border), slice(border, image.shape[1] - border))
-    not_middle = np.ones(image.shape, dtype=bool)
-    not_middle[middle] = False
-    np.bitwise_or(mask, edge, out=mask, where=not_middle)
+    height, width = image.shape
+    for outside_middle in (np.s_[:border], np.s_[height - border :], np.s_[:, :border], np.s_[:, width - border :]):
+        np.bitwise_or(mask[outside_middle], edge, out=mask[outside_middle])
 
     threshold = config.threshold * clipped_stdev(smoothed) if config.threshold_type == "stdev" else config.threshold
     include_level = config.include_multiplier * threshold
@@ -316,13 +311,12 @@ def detect_sources(
         logging.getLogger(logger_name).warning("threshold %g is not positive (no noise): nothing detected", threshold)
         threshold = include_level = np.inf
 
-    pixels = _label_pixels(smoothed >= float32_at_least(threshold))
+    pixels = _label_pixels(smoothed, float32_at_least(threshold))
     footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, image.shape, border)
     n_grow = int(config.n_sigma_to_grow * psf_sigma + 0.5)
-    np.bitwise_or(mask, detected, out=mask, where=grow_diamond(footprints.label_image > 0, n_grow))
-    negative = np.zeros(image.shape, dtype=bool)
-    negative[middle] = _negative_mask(smoothed, threshold, include_level)
-    np.bitwise_or(mask, detected_negative, out=mask, where=grow_diamond(negative, n_grow))
+    _set_grown(mask, detected, footprints.label_image, n_grow)
+    negative = _negative_mask(smoothed, threshold, include_level)
+    _set_grown(mask, detected_negative, negative.view(np.uint8), n_grow, offset=border)
 
     logging.getLogger(logger_name).info(
         "Detected %d positive sources to %g sigma", len(footprints), config.threshold

@@ -15,7 +15,7 @@ from processccd.background import BackgroundConfig, estimate_background
 from processccd.butler import Butler
 from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
-from processccd.image import Exposure, mask_bit
+from processccd.image import Exposure, mask_bit, write_hdus
 from processccd.meas.classification import extendedness
 from processccd.meas.shape import psf_adaptive_sigma
 from processccd.refcat import resolve_catalog_path
@@ -115,7 +115,7 @@ class ProcessCcdTask:
         config = self.config
         ignored = sum(mask_bit(p) for p in BackgroundConfig().ignored_mask_planes)
         background = estimate_background(exposure.image, exposure.mask, ignored, config.background_bin_size)
-        exposure.image = (exposure.image - background.image).astype(np.float32)
+        exposure.image = (exposure.image - background.image).astype(np.float32, copy=False)
         detection = self._detect(exposure, self.psf_sigma(exposure), config.calibrate_detection,
                                  "processCcd.calibrate.detection")
         columns = MeasurementTask(config.calibrate_measurement).run(
@@ -124,7 +124,7 @@ class ProcessCcdTask:
         calibration = CalibrateTask(config.calibrate, catalog_path).run(exposure, columns)
         log.debug("calibration (matching, apCorr, photocal) took %.3f s", calibration.seconds)
         return CalibrationStageResult(columns=columns, footprints=detection.footprints,
-                                      background=background.image.astype(np.float64) + detection.background,
+                                      background=np.add(background.image, detection.background, dtype=np.float64),
                                       calibration=calibration)
 
     def final_stage(self, exposure: Exposure, first_sequence: int, ap_corr: ApertureCorrection | None = None
@@ -146,7 +146,7 @@ class ProcessCcdTask:
                 ) -> DetectionResult:
         """Detect on the exposure; the re-estimated background is subtracted from it in place."""
         result = detect_sources(exposure.image, exposure.mask, psf_sigma, config, logger_name=logger_name)
-        exposure.image = result.image.astype(np.float32)
+        exposure.image = result.image.astype(np.float32, copy=False)
         exposure.mask = result.mask
         return result
 
@@ -174,6 +174,6 @@ class ProcessCcdTask:
 
 def _write_image(path: Path, data: np.ndarray, exposure: Exposure, name: str) -> None:
     """One float32 image HDU with the exposure's WCS."""
-    hdu = fits.ImageHDU(data.astype(np.float32), header=exposure.wcs.to_header(relax=True), name=name)
+    hdu = fits.ImageHDU(data.astype(np.float32, copy=False), header=exposure.wcs.to_header(relax=True), name=name)
     hdu.header["BUNIT"] = "adu"
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
+    write_hdus(path, [fits.PrimaryHDU(), hdu])

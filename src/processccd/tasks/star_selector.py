@@ -62,10 +62,11 @@ class StarSelectorTask:
         half = self.config.kernel_size // 2 + self.config.border_width
         height, width = image.shape
         ok = np.zeros(len(xs), dtype=bool)
-        finite = np.isfinite(xs) & np.isfinite(ys)
-        for i in np.flatnonzero(finite):
-            cx, cy = int(nearest_pixel(xs[i])), int(nearest_pixel(ys[i]))
-            if cx - half < 0 or cy - half < 0 or cx + half >= width or cy + half >= height:
-                continue
-            ok[i] = bool(np.isfinite(np.max(image[cy - half:cy + half + 1, cx - half:cx + half + 1])))
+        finite = np.flatnonzero(np.isfinite(xs) & np.isfinite(ys))
+        cx, cy = nearest_pixel(xs[finite]), nearest_pixel(ys[finite])
+        inside = (cx >= half) & (cy >= half) & (cx < width - half) & (cy < height - half)  # no int64 overflow
+        if inside.any():
+            offsets = np.arange(-half, half + 1)
+            stamps = image[(cy[inside, None] + offsets)[:, :, None], (cx[inside, None] + offsets)[:, None, :]]
+            ok[finite[inside]] = np.isfinite(stamps.max(axis=(1, 2)))
         return ok
