@@ -24,7 +24,7 @@ from processccd.butler import Butler
 from processccd.dataid import DataId
 from processccd.tasks.make_exposure import make_exposure
 from processccd.tasks.measurement import MeasurementTask
-from processccd.tasks.process_ccd import ProcessCcdTask
+from processccd.tasks.process_ccd import ProcessCcdTask, total_background
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = [DataId(run=run, camcol=4, field=field, filter=f, rerun=40)
@@ -45,7 +45,8 @@ def time_frame(task: ProcessCcdTask, data_id: DataId) -> dict[str, float]:
     measurement = MeasurementTask(task.config.measurement)
     columns = measurement.run(exposure, detection.footprints, calib.n_sources + 1, "bench")
     t4 = clock()
-    task._write(data_id, exposure, calib.background, calib.columns, columns, calib.calibration)
+    background = total_background(calib.backgrounds + (detection.background,))
+    task._write(data_id, exposure, background, calib.columns, columns, calib.calibration)
     t5 = clock()
     times.update({"make_exposure": t1 - t0, "calibrate": t2 - t1, "detection": t3 - t2, "measurement": t4 - t3,
                   "write": t5 - t4})

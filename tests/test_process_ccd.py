@@ -82,3 +82,15 @@ def test_missing_fpc_for_one_filter_others_still_processed(demo_dir, tmp_path):
     assert (out / "u/src/src-004192-u4-0300.fits").is_file()
     assert not (out / "g").exists()
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.startswith(".")]
+
+
+def test_total_background_equals_the_float64_sum_rounded_once() -> None:
+    from processccd.tasks.process_ccd import total_background
+
+    rng = np.random.default_rng(0)
+    parts = tuple(rng.normal(100.0, 30.0, (203, 157)).astype(np.float32) for _ in range(3))
+    expected = (parts[0].astype(np.float64) + parts[1] + parts[2]).astype(np.float32)
+    for rows_per_block in (1, 64, 1000):
+        total = total_background(parts, rows_per_block)
+        assert total.dtype == np.float32
+        np.testing.assert_array_equal(total, expected)

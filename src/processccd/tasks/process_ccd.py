@@ -51,7 +51,7 @@ class StageResult:
 
     columns: dict[str, np.ndarray]  # source catalogue columns (table.SOURCE_SCHEMA + EXTRA_SCHEMA)
     footprints: Footprints
-    background: np.ndarray  # float64 background subtracted during the stage
+    backgrounds: tuple[np.ndarray, ...]  # the float32 backgrounds subtracted during the stage, in order
 
     @property
     def n_sources(self) -> int:
@@ -92,8 +92,8 @@ class ProcessCcdTask:
         calib = self.calibrate_stage(exposure)
         calibration = calib.calibration
         final = self.final_stage(exposure, first_sequence=calib.n_sources + 1, ap_corr=calibration.ap_corr)
-        background = calib.background + final.background
-        self._write(data_id, exposure, background.astype(np.float32), calib.columns, final.columns, calibration)
+        background = total_background(calib.backgrounds + final.backgrounds)
+        self._write(data_id, exposure, background, calib.columns, final.columns, calibration)
         seconds = time.perf_counter() - start
         log.info("Finished %s in %.2f s: %d icSrc, %d src", data_id.label(), seconds, calib.n_sources,
                  final.n_sources)
@@ -124,8 +124,7 @@ class ProcessCcdTask:
         calibration = CalibrateTask(config.calibrate, catalog_path).run(exposure, columns)
         log.debug("calibration (matching, apCorr, photocal) took %.3f s", calibration.seconds)
         return CalibrationStageResult(columns=columns, footprints=detection.footprints,
-                                      background=np.add(background.image, detection.background, dtype=np.float64),
-                                      calibration=calibration)
+                                      backgrounds=(background.image, detection.background), calibration=calibration)
 
     def final_stage(self, exposure: Exposure, first_sequence: int, ap_corr: ApertureCorrection | None = None
                     ) -> StageResult:
@@ -138,8 +137,7 @@ class ProcessCcdTask:
         if self.config.measurement.model_fluxes:
             columns["classification.extendedness"] = extendedness(
                 columns["flux.psf"], columns["multishapelet.combo.flux"], self.config.extendedness_fac1)
-        return StageResult(columns=columns, footprints=detection.footprints,
-                           background=detection.background.astype(np.float64))
+        return StageResult(columns=columns, footprints=detection.footprints, backgrounds=(detection.background,))
 
     @staticmethod
     def _detect(exposure: Exposure, psf_sigma: float, config: DetectionConfig, logger_name: str
@@ -170,6 +168,19 @@ class ProcessCcdTask:
         put("icMatch", data_id,
             lambda p: write_match_table(p, calibration.matches, ic_columns["id"], exposure.filter))
         put("apCorr", data_id, lambda p: calibration.ap_corr.write_yaml(p))
+
+
+def total_background(backgrounds: tuple[np.ndarray, ...], rows_per_block: int = 64) -> np.ndarray:
+    """The sum of the backgrounds, added in float64 in their order and rounded once to float32 (the
+    calexpBackground product), a block of rows at a time so that no full-frame float64 array is made."""
+    total = np.empty(backgrounds[0].shape, dtype=np.float32)
+    for start in range(0, total.shape[0], rows_per_block):
+        rows = slice(start, start + rows_per_block)
+        block = backgrounds[0][rows].astype(np.float64)
+        for background in backgrounds[1:]:
+            block += background[rows]
+        total[rows] = block
+    return total
 
 
 def _write_image(path: Path, data: np.ndarray, exposure: Exposure, name: str) -> None:
