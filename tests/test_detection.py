@@ -172,7 +172,7 @@ def test_detect_sources_finds_stars_and_sets_the_masks(caplog: pytest.LogCapture
     assert edge[:15].all() and edge[:, -15:].all() and not edge[15:-15, 15:-15].any()
     detected = (result.mask & DETECTED) != 0
     assert not detected[10, 10]
-    grown = grow_diamond(footprints.label_image > 0, int(2.4 * sigma + 0.5))
+    grown = grow_diamond(footprints.label_image(image.shape) > 0, int(2.4 * sigma + 0.5))
     np.testing.assert_array_equal(detected, grown)
     assert (result.mask[201, 201] & DETECTED_NEGATIVE) and not (result.mask[201, 201] & DETECTED)
     # the re-estimated background is the plane, and it was subtracted
@@ -188,10 +188,11 @@ def test_footprint_pixels_bbox_and_peaks_are_consistent() -> None:
     footprints = result.footprints
     source, ys, xs = footprints.all_pixels()
     assert np.all(np.diff(source) >= 0)
-    slices = ndimage.find_objects(footprints.label_image)
+    labels = footprints.label_image(image.shape)
+    slices = ndimage.find_objects(labels)
     for i in range(len(footprints)):
         py, px = footprints.pixels(i)
-        expected_y, expected_x = np.nonzero(footprints.label_image == i + 1)
+        expected_y, expected_x = np.nonzero(labels == i + 1)
         np.testing.assert_array_equal(py, expected_y)
         np.testing.assert_array_equal(px, expected_x)
         np.testing.assert_array_equal(ys[source == i], expected_y)
@@ -311,6 +312,6 @@ def test_calibration_and_final_detection_on_the_demo_frames(demo_dir, run: int, 
     distance, _ = cKDTree(np.c_[footprints.peak_x, footprints.peak_y]).query(centroids)
     assert np.mean(distance <= 1.0) > 0.92  # the rest: faint sources whose centroid wandered off the peak
     if final.n_positive == SRC_COUNT[run, filter_name]:
-        label = footprints.label_image[centroids[:, 1], centroids[:, 0]]
+        label = footprints.label_image(image.shape)[centroids[:, 1], centroids[:, 0]]
         inside = label > 0
         assert np.mean(label[inside] == sequence[inside] - IC_SRC_COUNT[run, filter_name]) > 0.99

@@ -54,7 +54,6 @@ class DetectionConfig:
 class Footprints:
     """Ungrown positive footprints in emitted (source-id) order; pixel coordinates are full-frame."""
 
-    label_image: np.ndarray  # int32 (H, W): 0 = none, i + 1 = footprint i
     peak_x: np.ndarray  # int64 (N,): position of the maximum of the smoothed image in the footprint
     peak_y: np.ndarray
     peak_value: np.ndarray  # float64 (N,): smoothed value there
@@ -70,6 +69,13 @@ class Footprints:
         """(ys, xs) of footprint `index`, raster order."""
         span = slice(self.pixel_offsets[index], self.pixel_offsets[index + 1])
         return self.pixel_y[span], self.pixel_x[span]
+
+    def label_image(self, shape: tuple[int, int]) -> np.ndarray:
+        """int32 image of `shape`: 0 = no footprint, i + 1 = footprint i (made on demand, not kept)."""
+        labels = np.zeros(shape, dtype=np.int32)
+        labels[self.pixel_y, self.pixel_x] = np.repeat(np.arange(1, len(self) + 1, dtype=np.int32),
+                                                       np.diff(self.pixel_offsets))
+        return labels
 
     def all_pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(source_index, ys, xs) of every footprint pixel, sorted by source."""
@@ -223,7 +229,7 @@ def _set_grown(mask: np.ndarray, bit: int, nonzero: np.ndarray, radius: int, off
 
 
 def _build_footprints(
-    pixels: _LabelledPixels, smoothed: np.ndarray, include_level: float, min_pixels: int, shape: tuple, offset: int
+    pixels: _LabelledPixels, smoothed: np.ndarray, include_level: float, min_pixels: int, offset: int
 ) -> Footprints:
     """Keep the footprints with >= min_pixels pixels and a smoothed pixel >= include_level; collect them."""
     values = smoothed[pixels.y, pixels.x]
@@ -241,11 +247,9 @@ def _build_footprints(
     values = values[keep_pixel][order]
     n_kept = int(kept.sum())
     offsets = np.searchsorted(footprint, np.arange(n_kept + 1))
-    label_image = np.zeros(shape, dtype=np.int32)
-    label_image[ys, xs] = footprint + 1
     if n_kept == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Footprints(label_image, empty, empty, np.zeros(0), np.zeros((0, 4), np.int64), offsets, ys, xs)
+        return Footprints(empty, empty, np.zeros(0), np.zeros((0, 4), np.int64), offsets, ys, xs)
     # maximum per footprint; ties go to the first pixel in raster order
     starts = offsets[:-1]
     peak_value = np.maximum.reduceat(values, starts)
@@ -260,7 +264,7 @@ def _build_footprints(
         ],
         axis=1,
     )
-    return Footprints(label_image, xs[first], ys[first], values[first].astype(np.float64), bbox, offsets, ys, xs)
+    return Footprints(xs[first], ys[first], values[first].astype(np.float64), bbox, offsets, ys, xs)
 
 
 def _negative_mask(smoothed: np.ndarray, level: float, include_level: float) -> np.ndarray:
@@ -312,9 +316,9 @@ def detect_sources(
         threshold = include_level = np.inf
 
     pixels = _label_pixels(smoothed, float32_at_least(threshold))
-    footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, image.shape, border)
+    footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, border)
     n_grow = int(config.n_sigma_to_grow * psf_sigma + 0.5)
-    _set_grown(mask, detected, footprints.label_image, n_grow)
+    _set_grown(mask, detected, footprints.label_image(image.shape), n_grow)
     negative = _negative_mask(smoothed, threshold, include_level)
     _set_grown(mask, detected_negative, negative.view(np.uint8), n_grow, offset=border)
 
