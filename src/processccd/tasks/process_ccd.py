@@ -91,9 +91,9 @@ class ProcessCcdTask:
         exposure = make_exposure(self.butler, data_id, self.config.exposure)
         calib = self.calibrate_stage(exposure)
         calibration = calib.calibration
-        final = self.final_stage(exposure, first_sequence=calib.n_sources + 1, ap_corr=calibration.ap_corr)
-        background = total_background(calib.backgrounds + final.backgrounds)
-        self._write(data_id, exposure, background, calib.columns, final.columns, calibration)
+        final = self.final_stage(exposure, first_sequence=calib.n_sources + 1, ap_corr=calibration.ap_corr,
+                                 earlier=calib)
+        self._write(data_id, exposure, total_background(final.backgrounds), calib.columns, final.columns, calibration)
         seconds = time.perf_counter() - start
         log.info("Finished %s in %.2f s: %d icSrc, %d src", data_id.label(), seconds, calib.n_sources,
                  final.n_sources)
@@ -126,18 +126,27 @@ class ProcessCcdTask:
         return CalibrationStageResult(columns=columns, footprints=detection.footprints,
                                       backgrounds=(background.image, detection.background), calibration=calibration)
 
-    def final_stage(self, exposure: Exposure, first_sequence: int, ap_corr: ApertureCorrection | None = None
-                    ) -> StageResult:
-        """Final detection + background 3 -> E3 (in place), src measurement, aperture correction (if given)."""
+    def final_stage(self, exposure: Exposure, first_sequence: int, ap_corr: ApertureCorrection | None = None,
+                    earlier: StageResult | None = None) -> StageResult:
+        """Final detection + background 3 -> E3 (in place), src measurement, aperture correction (if given).
+
+        With `earlier` (the calibration stage), the result's background is the total of its backgrounds and
+        this stage's, formed before the measurement (whose memory peak then holds one image, not three);
+        `earlier.backgrounds` is emptied."""
         detection = self._detect(exposure, self.psf_sigma(exposure), self.config.detection, "processCcd.detection")
-        columns = MeasurementTask(self.config.measurement).run(exposure, detection.footprints, first_sequence,
+        footprints, backgrounds = detection.footprints, (detection.background,)
+        del detection
+        if earlier is not None:
+            backgrounds = (total_background(earlier.backgrounds + backgrounds),)
+            earlier.backgrounds = ()
+        columns = MeasurementTask(self.config.measurement).run(exposure, footprints, first_sequence,
                                                                logger_name="processCcd.measurement")
         if ap_corr is not None:
             apply_aperture_correction(columns, ap_corr)
         if self.config.measurement.model_fluxes:
             columns["classification.extendedness"] = extendedness(
                 columns["flux.psf"], columns["multishapelet.combo.flux"], self.config.extendedness_fac1)
-        return StageResult(columns=columns, footprints=detection.footprints, backgrounds=(detection.background,))
+        return StageResult(columns=columns, footprints=footprints, backgrounds=backgrounds)
 
     @staticmethod
     def _detect(exposure: Exposure, psf_sigma: float, config: DetectionConfig, logger_name: str
