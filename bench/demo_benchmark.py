@@ -70,15 +70,24 @@ class ChildRun:
 
 # Runs a command and reports its wall time, CPU (RUSAGE_CHILDREN after the wait) and peak RSS on the last line of
 # stderr. A child forked straight from this (large) process would inherit its memory high-water mark through
-# fork and exec, so every command is forked from this small launcher instead.
+# fork and exec, so every command is forked from this small launcher instead. The launcher is a child subreaper
+# (Linux): worker processes that outlive their parent (the multiprocessing forkserver and its workers) are
+# re-parented to it and reaped, so their CPU time and peak RSS count too (ru_maxrss: the largest single process).
 LAUNCHER = """
-import os, resource, sys, time
+import ctypes, os, resource, sys, time
+PR_SET_CHILD_SUBREAPER = 36
+ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 start = time.perf_counter()
 pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
 _, status = os.waitpid(pid, 0)
 wall = time.perf_counter() - start
+while True:
+    try:
+        os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 sys.stderr.write(f"\\n{MARKER} {wall} {usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}\\n")
 sys.exit(os.waitstatus_to_exitcode(status))

@@ -13,6 +13,7 @@ from processccd.lanczos import shift_image, shift_images
 from processccd.sdss.psfield import KLComponent, read_psfield
 
 KERNEL_SIZE = 31  # LSST 2013 used 31x31 PSF kernels; the centre is index (15, 15)
+IMAGE_CHUNK = 128  # positions per chunk of `Psf.compute_images`
 
 
 class Psf:
@@ -46,13 +47,18 @@ class Psf:
         return np.stack([self.kernel(float(x), float(y)) for x, y in zip(xs, ys, strict=True)])
 
     def compute_images(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """`compute_image` at N positions at once, shape (N, size, size)."""
+        """`compute_image` at N positions at once, shape (N, size, size), in chunks of IMAGE_CHUNK positions
+        (the kernels and shift matrices of a chunk are the temporaries)."""
         xs = np.asarray(xs, dtype=np.float64)
         ys = np.asarray(ys, dtype=np.float64)
-        k = self.kernels(xs, ys)
         c = self.size // 2
-        k = k / k[:, c, c][:, None, None]
-        return shift_images(k, xs - np.floor(xs + 0.5), ys - np.floor(ys + 0.5))
+        shift_x, shift_y = xs - np.floor(xs + 0.5), ys - np.floor(ys + 0.5)
+        images = np.empty((xs.size, self.size, self.size))
+        for start in range(0, xs.size, IMAGE_CHUNK):
+            chunk = slice(start, start + IMAGE_CHUNK)
+            k = self.kernels(xs[chunk], ys[chunk])
+            images[chunk] = shift_images(k / k[:, c, c][:, None, None], shift_x[chunk], shift_y[chunk])
+        return images
 
     def unit_sum_image(self, x: float, y: float) -> np.ndarray:
         """`compute_image(x, y)` divided by its sum."""
