@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import lapack
 
+from processccd.meas.noise_replacement import deltas_by_source
 from processccd.psf import Psf
 
 # ---------------------------------------------------------------------------------------------------------
@@ -304,13 +305,7 @@ def gaussian_centroid_sources(
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     count = x.size
-    if footprint_deltas is None:
-        starts = np.zeros(count + 1, dtype=np.int64)
-        ys = xs = np.zeros(0, dtype=np.int64)
-        deltas = np.zeros(0)
-    else:
-        source, ys, xs, deltas = footprint_deltas
-        starts = np.searchsorted(source, np.arange(count + 1))
+    starts, ys, xs, deltas = deltas_by_source(footprint_deltas, count)
     results = np.full((count, 2), math.nan)
     outcomes = np.empty(count, dtype=np.int64)
     centroid_kernels.gaussian_centroid_sources(image, x, y, starts, ys, xs, deltas, results, outcomes)

@@ -121,6 +121,17 @@ def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: 
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _convolved_inverse(scale: float, qxx: float, qxy: float, qyy: float, offset: np.ndarray
+                       ) -> tuple[float, float, float, float]:
+    """Inverse (xx, xy, yy) and determinant of the covariance scale * Q + offset (offset = Pxx, Pxy, Pyy)."""
+    cxx = scale * qxx + offset[0]
+    cxy = scale * qxy + offset[1]
+    cyy = scale * qyy + offset[2]
+    det = cxx * cyy - cxy * cxy
+    return cyy / det, -cxy / det, cxx / det, det
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _ellipse(p0: float, p1: float, p2: float) -> tuple[float, float, float]:
     """(Qxx, Qxy, Qyy) from (eta1, eta2, ln r), as model_flux._ellipse_from_parameters."""
     eta = math.hypot(p0, p1)
@@ -167,11 +178,7 @@ def _model_coefficients(p: np.ndarray, scales: np.ndarray, offsets: np.ndarray, 
     coefficients = np.empty((n_gauss, 12))
     model_coefficients = np.empty(n_gauss)
     for k in range(n_gauss):
-        cxx = scales[k] * qxx + offsets[k, 0]
-        cxy = scales[k] * qxy + offsets[k, 1]
-        cyy = scales[k] * qyy + offsets[k, 2]
-        det = cxx * cyy - cxy * cxy
-        ixx, ixy, iyy = cyy / det, -cxy / det, cxx / det
+        ixx, ixy, iyy, det = _convolved_inverse(scales[k], qxx, qxy, qyy, offsets[k])
         inverses[0, k], inverses[1, k], inverses[2, k] = ixx, ixy, iyy
         model_coefficient = weight * norm_fluxes[k] / math.sqrt(det)
         scaled = model_coefficient * scales[k]
@@ -392,11 +399,7 @@ def profile_model(dx: np.ndarray, dy: np.ndarray, variances: np.ndarray, fluxes:
     for c in range(n_psf):
         for g in range(n_profile):
             k = c * n_profile + g
-            cxx = variances[g] * qxx + psf_rows[c, 0]
-            cxy = variances[g] * qxy + psf_rows[c, 1]
-            cyy = variances[g] * qyy + psf_rows[c, 2]
-            det = cxx * cyy - cxy * cxy
-            ixx, ixy, iyy = cyy / det, -cxy / det, cxx / det
+            ixx, ixy, iyy, det = _convolved_inverse(variances[g], qxx, qxy, qyy, psf_rows[c])
             inverses[0, k], inverses[1, k], inverses[2, k] = ixx, ixy, iyy
             norm = 1.0 / (2.0 * math.pi * math.sqrt(det))
             if not full_psf:

@@ -249,3 +249,14 @@ class NoiseReplacer:
     def end(self) -> None:
         """Restore the original pixels of every footprint."""
         self._image[self._ys, self._xs] = self._original
+
+
+def deltas_by_source(footprint_deltas: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None, count: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`NoiseReplacer.footprint_deltas()` (or None: nothing replaced) as (starts, ys, xs, deltas) with source
+    i's pixels at [starts[i], starts[i + 1]) — the layout the compiled per-source kernels take."""
+    if footprint_deltas is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return np.zeros(count + 1, dtype=np.int64), empty, empty, np.zeros(0)
+    source, ys, xs, deltas = footprint_deltas
+    return np.searchsorted(source, np.arange(count + 1)), ys, xs, deltas

@@ -19,6 +19,8 @@ from functools import cached_property
 
 import numpy as np
 
+from processccd.meas.noise_replacement import deltas_by_source
+
 START_MOMENT = 1.5  # initial weight W = (1.5, 0, 1.5)
 BOX_SIGMAS = 4.0  # box half-size = 4 sqrt(max(Wxx, Wyy)) (+ 0.5 for the integer limits)
 MAX_BOX_RADIUS = 1000.0
@@ -501,13 +503,7 @@ def adaptive_moments_sources(
 
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     count = x.size
-    if footprint_deltas is None:
-        starts = np.zeros(count + 1, dtype=np.int64)
-        ys = xs = np.zeros(0, dtype=np.int64)
-        deltas = np.zeros(0)
-    else:
-        source, ys, xs, deltas = footprint_deltas
-        starts = np.searchsorted(source, np.arange(count + 1))
+    starts, ys, xs, deltas = deltas_by_source(footprint_deltas, count)
     values = np.full((count, 9), math.nan)
     outcomes = np.empty(count, dtype=np.int64)
     moments_kernels.adaptive_moments_sources(image, x, y, starts, ys, xs, deltas, max_iter, tol1, tol2, values,
