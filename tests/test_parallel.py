@@ -105,3 +105,11 @@ def test_serial_pool_and_dask_cluster_write_identical_outputs(demo_dir, tmp_path
     assert _products(tmp_path / "dask") == reference
     for name in ("serial", "pool", "dask"):
         assert len(list((tmp_path / name).rglob("processCcd-*.yaml"))) == 2
+
+
+def test_the_client_reads_the_config_without_numba() -> None:
+    """numba (~0.3 s, ~120 MB) is imported by the compiled kernels on first use, not by the configuration."""
+    code = ("import sys; import processccd.tasks.process_ccd; from processccd.config import load_config; "
+            "load_config((), ()); print('numba' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

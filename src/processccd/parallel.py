@@ -217,6 +217,20 @@ class SerialExecutor:
         self._cancelled = True
 
 
+FORKSERVER_PRELOAD = ["processccd.parallel", "processccd.tasks.process_ccd"]
+
+
+def start_worker_server() -> None:
+    """Start the multiprocessing forkserver that `ProcessPoolExecutor` forks its workers from, with processccd
+    imported in it. Called early by the client, the server's imports (about a second) overlap the client's own
+    start-up instead of following it."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+    forkserver.ensure_running()
+
+
 class ProcessPoolExecutor:
     """`-j N`: a pool of N local worker processes (forkserver start, processccd preloaded)."""
 
@@ -227,7 +241,7 @@ class ProcessPoolExecutor:
         import multiprocessing
 
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["processccd.parallel", "processccd.tasks.process_ccd"])
+        context.set_forkserver_preload(FORKSERVER_PRELOAD)
         self.n_workers = n_workers
         self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=n_workers, mp_context=context,
                                                             initializer=_init_worker, initargs=(log_level,))

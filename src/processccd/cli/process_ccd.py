@@ -86,6 +86,10 @@ def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_rep
             config_files: tuple[Path, ...], show_config: bool, clobber_config: bool, clobber_output: bool,
             fail_fast: bool, qa: bool, debug: bool, verbose: bool) -> None:
     """Process SDSS frames of the INPUT repository into calibrated exposures and source catalogues."""
+    if not show_config and scheduler is None and (processes or os.cpu_count() or 1) > 1:
+        from processccd.parallel import start_worker_server
+
+        start_worker_server()  # the worker processes' imports overlap with this process's set-up
     from processccd.config import ConfigError, dump_config, load_config
 
     progress_bar = sys.stderr.isatty()

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 
 from processccd.image import mask_bit
-from processccd.meas import model_flux_kernels
 from processccd.psf import Psf
 
 # Hogg & Lang (2013) mixture-of-Gaussians approximations (8 components each; amplitudes and variances in units
@@ -47,7 +47,16 @@ DEV_VARIANCES = np.array([1.34654444e-04, 5.04128747e-04, 1.88518562e-03, 7.2043
                           1.25118904e-01, 6.38235086e-01, 4.76437813e00])
 
 BAD_PIXEL_BITS = mask_bit("BAD") | mask_bit("SAT") | mask_bit("INTRP") | mask_bit("CR")
-MAX_LOG_RADIUS = model_flux_kernels.MAX_LOG_RADIUS
+MAX_LOG_RADIUS = math.log(1e4)  # ellipse radii are capped at 10^4 px (the fit then fails the area test)
+DEGENERATE_COMBO = 1e-8  # 1 - |cos| of the exp and dev model vectors below which they are one model
+
+
+def _kernels() -> ModuleType:
+    """The compiled kernels (`model_flux_kernels`), imported on first use: numba costs ~0.3 s and ~120 MB to
+    import, which a process that only reads the configuration (the process-ccd client) should not pay."""
+    from processccd.meas import model_flux_kernels
+
+    return model_flux_kernels
 
 
 @dataclass(frozen=True)
@@ -196,7 +205,7 @@ def fit_psf_model(psf: Psf, x: float, y: float, config: ModelFluxConfig | None =
     `image` is `psf.compute_image(x, y)` when the caller has it already."""
     config = config or ModelFluxConfig()
     data, dx, dy = _psf_offsets(psf, x, y, image)
-    covariances, coefficients, gaussian_fluxes = model_flux_kernels.psf_model_fit(
+    covariances, coefficients, gaussian_fluxes = _kernels().psf_model_fit(
         data, dx, dy, config.psf_radius_ratio, config.psf_peak_ratio, config.psf_initial_radius,
         config.psf_min_radius, config.psf_min_axis_ratio, config.psf_tau, config.psf_gradient_tolerance,
         config.max_iterations, config.use_shapelet_terms)
@@ -218,14 +227,10 @@ class _FitPixels:
 
 def _grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: int) -> tuple[np.ndarray, np.ndarray]:
     """(ys, xs) of the footprint dilated by a disk of radius `grow` (pixels within Euclidean distance `grow`)."""
-    return model_flux_kernels.grown_footprint(np.asarray(footprint_ys, dtype=np.int64),
+    return _kernels().grown_footprint(np.asarray(footprint_ys, dtype=np.int64),
                                               np.asarray(footprint_xs, dtype=np.int64), int(grow))
 
 
-_REGION_ERRORS = {model_flux_kernels.REGION_LEAVES_IMAGE: "fit region leaves the image",
-                  model_flux_kernels.REGION_TOO_MANY_BAD: "too many bad pixels",
-                  model_flux_kernels.REGION_BAD_VARIANCE: "non-positive variance",
-                  model_flux_kernels.REGION_TOO_LARGE: "ellipse too large"}
 
 
 def _fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
@@ -235,12 +240,16 @@ def _fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown
     the data weighted by 1 / sqrt(mean variance of those pixels). FitRegionError when an ellipse is too large,
     the region leaves the image, has more than max_bad_pixel_fraction bad pixels, or no positive variance."""
     rows = np.array([[q[0, 0], q[0, 1], q[1, 1]] for q in ellipses], dtype=np.float64)
-    status, dx, dy, data, weight = model_flux_kernels.fit_pixels(
+    status, dx, dy, data, weight = _kernels().fit_pixels(
         image, variance, mask, np.asarray(grown_ys, dtype=np.int64), np.asarray(grown_xs, dtype=np.int64),
         float(x), float(y), rows, float(config.radius_input_factor), int(config.bad_pixel_bits),
         float(config.max_bad_pixel_fraction))
-    if status != model_flux_kernels.REGION_OK:
-        raise FitRegionError(_REGION_ERRORS[status])
+    kernels = _kernels()
+    if status != kernels.REGION_OK:
+        raise FitRegionError({kernels.REGION_LEAVES_IMAGE: "fit region leaves the image",
+                              kernels.REGION_TOO_MANY_BAD: "too many bad pixels",
+                              kernels.REGION_BAD_VARIANCE: "non-positive variance",
+                              kernels.REGION_TOO_LARGE: "ellipse too large"}[status])
     return _FitPixels(dx, dy, data, weight)
 
 
@@ -251,7 +260,7 @@ def _model_vector(profile: Profile, q: Ellipse, psf_model: PsfModel, dx: np.ndar
     Every Gaussian-derivative basis function is N_k times a quadratic polynomial of the offsets, so the model
     is sum_k N_k (c_k . monomials) with per-Gaussian polynomial coefficients c_k (compiled:
     `model_flux_kernels.profile_model`)."""
-    return model_flux_kernels.profile_model(
+    return _kernels().profile_model(
         np.ascontiguousarray(dx, dtype=np.float64), np.ascontiguousarray(dy, dtype=np.float64), profile.variances,
         profile.fluxes, float(q[0]), float(q[1]), float(q[2]), _psf_rows(psf_model), psf_model.coefficients,
         psf_model.gaussian_fluxes, bool(full_psf))
@@ -260,7 +269,7 @@ def _model_vector(profile: Profile, q: Ellipse, psf_model: PsfModel, dx: np.ndar
 def _fit_profile(profile: Profile, psf_model: PsfModel, pixels: _FitPixels, q0: np.ndarray,
                  config: ModelFluxConfig) -> ProfileFit:
     """Nonlinear ellipse fit (Gaussian PSF part) then the linear amplitude with the full PSF model."""
-    return _profile_fit(model_flux_kernels.fit_profile(
+    return _profile_fit(_kernels().fit_profile(
         profile.variances, profile.fluxes, _psf_rows(psf_model), psf_model.coefficients, psf_model.gaussian_fluxes,
         pixels.dx, pixels.dy, pixels.data, float(pixels.weight), (float(q0[0, 0]), float(q0[0, 1]), float(q0[1, 1])),
         config.tau, config.gradient_tolerance, config.max_iterations, config.min_axis_ratio, config.min_radius,
@@ -270,7 +279,7 @@ def _fit_profile(profile: Profile, psf_model: PsfModel, pixels: _FitPixels, q0: 
 def initial_ellipse(profile: Profile, psf_model: PsfModel, ixx: float, ixy: float, iyy: float, shape_ok: bool,
                     config: ModelFluxConfig) -> np.ndarray:
     """shape.sdss deconvolved by the PSF model (2013 MultiGaussian::deconvolve), or 0.5 x PSF ellipse."""
-    return _matrix(model_flux_kernels.initial_ellipse(
+    return _matrix(_kernels().initial_ellipse(
         profile.mean_variance, psf_model.covariances, psf_model.gaussian_fluxes, float(ixx), float(ixy), float(iyy),
         bool(shape_ok), config.min_initial_radius, config.min_axis_ratio))
 
@@ -278,7 +287,7 @@ def initial_ellipse(profile: Profile, psf_model: PsfModel, ixx: float, ixy: floa
 def _combo(models: np.ndarray, data: np.ndarray, singles: tuple[ProfileFit, ProfileFit]) -> tuple[float, float]:
     """multishapelet.combo (flux, err) from the weighted exp and dev model vectors (2, N) and the data
     (`model_flux_kernels.combo`: 2013 sign rules, indistinguishable models give the de Vaucouleurs result)."""
-    return model_flux_kernels.combo(np.ascontiguousarray(models, dtype=np.float64),
+    return _kernels().combo(np.ascontiguousarray(models, dtype=np.float64),
                                     np.ascontiguousarray(data, dtype=np.float64), singles[0].flux,
                                     singles[0].flux_err, singles[1].flux, singles[1].flux_err)
 
@@ -308,12 +317,12 @@ def model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, foot
     """
     config = config or ModelFluxConfig()
     psf_model = psf_model or fit_psf_model(psf, x, y, config)
-    out = model_flux_kernels.source_model_fluxes(
+    out = _kernels().source_model_fluxes(
         image, variance, mask, np.asarray(footprint_ys, dtype=np.int64), np.asarray(footprint_xs, dtype=np.int64),
         float(x), float(y), float(ixx), float(ixy), float(iyy), bool(shape_ok), _PROFILE_VARIANCES, _PROFILE_FLUXES,
         psf_model.covariances, psf_model.coefficients, psf_model.gaussian_fluxes, _kernel_settings(config),
         int(config.bad_pixel_bits), config.use_shapelet_terms)
-    fields = model_flux_kernels.FIT_FIELDS
+    fields = _kernels().FIT_FIELDS
     combo_flux, combo_err, combo_flag = out[2 * fields:].tolist()
     return ModelFluxResult(_profile_fit(out[:fields]), _profile_fit(out[fields:2 * fields]), combo_flux, combo_err,
                            bool(combo_flag))

@@ -22,6 +22,8 @@ import math
 import numba
 import numpy as np
 
+from processccd.meas.model_flux import DEGENERATE_COMBO, MAX_LOG_RADIUS
+
 # reassociation/contraction only: NaN and inf must keep their IEEE meaning (the fits test them)
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 RESTART_INTERVAL = 256  # recurrence steps after which the Gaussians are recomputed directly
@@ -555,8 +557,6 @@ def grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: in
 # ------------------------------------------------------------------------- whole fits (model_flux's rules)
 
 REGION_TOO_LARGE = 4
-DEGENERATE_COMBO = 1e-8  # 1 - |cos| of the exp and dev model vectors below which they are one model
-MAX_LOG_RADIUS = math.log(1e4)  # ellipse radii are capped at 10^4 px (the fit then fails the area test)
 EPSILON = np.finfo(np.float64).eps
 # layout of a profile fit: flux, flux_err, flag, Qxx, Qxy, Qyy, n_pixels, max_iter
 FIT_FIELDS = 8
