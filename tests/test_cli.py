@@ -21,7 +21,7 @@ from processccd.parallel import FrameSummary
 
 ONE_U = ("--id", "run=4192 filter=u camcol=4 field=300")
 DEMO_U_G = ("--id", "run=4192^6377 filter=u^g camcol=4")
-# the interruption tests need a run that outlasts their signal: all 10 frames (~1 s each on one core)
+# the interruption tests need a run that outlasts their signal: all 10 frames (~0.4-1.2 s each on one core)
 DEMO_ALL = ("--id", "run=4192^6377 filter=u^g^r^i^z camcol=4")
 
 
@@ -189,7 +189,10 @@ def test_a_run_killed_with_sigkill_is_finished_by_the_next_one(demo_dir, tmp_pat
 def test_sigint_stops_cleanly_with_exit_130_and_a_rerun_completes(demo_dir, tmp_path):
     output = tmp_path / "out"
     args = (str(demo_dir / "input"), *DEMO_ALL, "--output", str(output), "-j", "1")
-    run = subprocess.Popen(_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default, whatever this process inherited: a shell starts background jobs with SIGINT
+    # ignored, and Python then leaves it ignored (the run would not stop)
+    run = subprocess.Popen(_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for(lambda: any(output.rglob("calexp-*.fits")), 120)
     run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=120)
