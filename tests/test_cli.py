@@ -216,3 +216,11 @@ def test_qa_writes_pngs_and_an_index(demo_dir, tmp_path):
     shutil.rmtree(output / "qa")
     again = _cli(str(demo_dir / "input"), *ONE_U, "--output", str(output), "-j", "1", "--qa")
     assert again.returncode == 0 and "skipped" in again.stdout and png.is_file()  # QA of a skipped frame
+
+
+def test_the_console_script_exits_with_the_status_and_flushed_output() -> None:
+    """main() leaves through os._exit: the output must be flushed and the status kept."""
+    shown = subprocess.run(_command("--help"), capture_output=True, text=True)
+    assert shown.returncode == 0 and "Usage: process-ccd" in shown.stdout
+    refused = subprocess.run(_command("input", "--id", "filter=x", "--output", "out"), capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("process-ccd: error:") == 1
