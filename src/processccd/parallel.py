@@ -16,7 +16,7 @@ import signal
 import time
 import traceback
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -240,10 +240,10 @@ class ProcessPoolExecutor:
         import concurrent.futures
         import multiprocessing
 
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(FORKSERVER_PRELOAD)
+        start_worker_server()  # a no-op when the client started it already
         self.n_workers = n_workers
-        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=n_workers, mp_context=context,
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=n_workers,
+                                                            mp_context=multiprocessing.get_context("forkserver"),
                                                             initializer=_init_worker, initargs=(log_level,))
         self._futures: list[Any] = []
 
@@ -315,7 +315,7 @@ def _result_or_failure(future: Any, job: FrameJob) -> FrameSummary:
 
 
 def make_executor(processes: int | None, scheduler: str | None, n_jobs: int,
-                  log_level: int = logging.INFO) -> SerialExecutor | ProcessPoolExecutor | DaskExecutor:
+                  log_level: int = logging.INFO) -> Executor:
     """`--scheduler` -> Dask; else N = min(processes or cores, jobs) local processes, serial if N is 1."""
     if scheduler:
         return DaskExecutor(scheduler)
@@ -331,15 +331,3 @@ def make_jobs(input_root: Path, output_root: Path, data_ids: Iterable[DataId], c
     plain, digest = config_to_dict(config), config_hash(config)
     return [FrameJob(str(input_root), str(output_root), data_id, plain, digest, clobber_output, qa, log_level)
             for data_id in data_ids]
-
-
-@dataclass
-class RunSummary:
-    """All the frame summaries of a run, in data-id order, and whether it was interrupted."""
-
-    frames: list[FrameSummary] = field(default_factory=list)
-    interrupted: bool = False
-
-    @property
-    def failures(self) -> list[FrameSummary]:
-        return [f for f in self.frames if not f.succeeded]
