@@ -93,7 +93,8 @@ class ProcessCcdTask:
         calibration = calib.calibration
         final = self.final_stage(exposure, first_sequence=calib.n_sources + 1, ap_corr=calibration.ap_corr,
                                  earlier=calib)
-        self._write(data_id, exposure, total_background(final.backgrounds), calib.columns, final.columns, calibration)
+        (background,) = final.backgrounds  # the stages' total, formed by final_stage
+        self._write(data_id, exposure, background, calib.columns, final.columns, calibration)
         seconds = time.perf_counter() - start
         log.info("Finished %s in %.2f s: %d icSrc, %d src", data_id.label(), seconds, calib.n_sources,
                  final.n_sources)
