@@ -422,6 +422,7 @@ REGION_OK = 0
 REGION_LEAVES_IMAGE = 1
 REGION_TOO_MANY_BAD = 2
 REGION_BAD_VARIANCE = 3
+REGION_TOO_LARGE = 4
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -556,7 +557,6 @@ def grown_footprint(footprint_ys: np.ndarray, footprint_xs: np.ndarray, grow: in
 
 # ------------------------------------------------------------------------- whole fits (model_flux's rules)
 
-REGION_TOO_LARGE = 4
 EPSILON = np.finfo(np.float64).eps
 # layout of a profile fit: flux, flux_err, flag, Qxx, Qxy, Qyy, n_pixels, max_iter
 FIT_FIELDS = 8
