@@ -24,7 +24,7 @@ from processccd.meas.model_flux import (
     model_flux_psf_factors,
     model_fluxes,
 )
-from processccd.meas.model_flux_kernels import _evaluate, derivative_basis_normal_equations
+from processccd.meas.model_flux_kernels import _evaluate, _workspace, derivative_basis_normal_equations
 from processccd.meas.psf_flux import psf_flux
 from processccd.psf import GaussianPsf, Psf
 
@@ -562,9 +562,10 @@ def test_evaluation_matches_reference_derivatives() -> None:
 
     def evaluate(subset: np.ndarray, x_offset: float = 0.0) -> tuple[bool, float, float, np.ndarray, np.ndarray]:
         hessian, gradient = np.empty((3, 3)), np.empty(3)
-        ok, cost, fitted_amplitude = _evaluate(p, dx[subset] + x_offset, dy[subset], data[subset] * weight, scales,
-                                               offsets, fluxes / (2 * math.pi), weight, np.empty(subset.size),
-                                               np.empty((subset.size, scales.size)), hessian, gradient)
+        offset_dx = dx[subset] + x_offset
+        ok, cost, fitted_amplitude = _evaluate(p, offset_dx, dy[subset], data[subset] * weight, scales, offsets,
+                                               fluxes / (2 * math.pi), weight,
+                                               _workspace(offset_dx, dy[subset], scales.size), hessian, gradient)
         return ok, cost, fitted_amplitude, hessian, gradient
 
     # every pixel in row runs (Gaussians by recurrence), and a shuffled order (every pixel computed directly)

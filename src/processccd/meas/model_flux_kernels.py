@@ -18,6 +18,7 @@ this file between runs (numba's import and loading the cached code cost ~0.5 s o
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -41,23 +42,25 @@ def _integer_step(delta: float) -> int:
     return int(step) if abs(delta - step) < 1e-6 else MAX_STEP + 1
 
 
-@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: np.ndarray) -> None:
-    """out[i, k] = exp(-r_i'C_k^-1 r_i / 2) at the offsets r_i = (dx_i, dy_i) of row-major pixels, for
-    `inverses` (3, K) rows of C_k^-1 (xx, xy, yy).
+# a pixel's place in the recurrences of `_planned_gaussian_matrix` (`gaussian_plan`): two bits
+PLAN_NEW_ROW = 1  # the first pixel of a row
+PLAN_RECURRENCE = 2  # follows by recurrence (else computed directly, with exp)
+PLAN_ALONG_ROW = PLAN_RECURRENCE  # from the previous pixel of its row, `jump` columns to the left
+PLAN_NEXT_ROW = PLAN_RECURRENCE | PLAN_NEW_ROW  # from the first pixel of the row above (`jump` columns apart)
+N_SCRATCH = 7  # rows of the (7, K) scratch array of `_planned_gaussian_matrix`
 
-    With R(x, y) = N(x + 1, y) / N(x, y) and V(x, y) = N(x, y + 1) / N(x, y):
-    N(x + 1, y) = N R, R(x + 1, y) = R exp(-Cinv_xx), V(x + 1, y) = V exp(-Cinv_xy),
-    N(x, y + 1) = N V, R(x, y + 1) = R exp(-Cinv_xy), V(x, y + 1) = V exp(-Cinv_yy).
+
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def gaussian_plan(dx: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How `_planned_gaussian_matrix` reaches each of the row-major pixels at offsets (dx, dy): (kind, jump) per
+    pixel. It depends only on the pixels, so a fit works it out once for all its evaluations.
+
     A pixel up to MAX_STEP to the right of the previous one follows along the row; the first pixel of a row
     follows from the first pixel of the row above (up to MAX_STEP columns away, either side). Values are
-    computed directly (exp) at the first pixel, after RESTART_INTERVAL recurrence steps, where a row has no
-    row above or a jump is longer, and for any value outside [TINY, 2] (underflow cannot carry a recurrence).
-    """
-    n_gauss = inverses.shape[1]
-    step_x, step_xy, step_y = np.exp(-inverses[0]), np.exp(-inverses[1]), np.exp(-inverses[2])
-    ratio_x = np.empty(n_gauss)
-    start_value, start_ratio_x, start_ratio_y = np.empty(n_gauss), np.empty(n_gauss), np.empty(n_gauss)
+    computed directly (exp) at the first pixel, after RESTART_INTERVAL recurrence steps, and where a row has no
+    row above or a jump is longer."""
+    kinds = np.empty(dx.size, dtype=np.int8)
+    jumps = np.zeros(dx.size, dtype=np.int64)
     start_x = start_y = math.nan
     chain = RESTART_INTERVAL
     for i in range(dx.size):
@@ -71,10 +74,39 @@ def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: 
                     jump = MAX_STEP + 1
             elif _integer_step(y - start_y) == 1:
                 jump = _integer_step(x - start_x)
-        recurrence = abs(jump) <= MAX_STEP
+        if abs(jump) <= MAX_STEP:
+            kinds[i], jumps[i] = (PLAN_NEXT_ROW, jump) if new_row else (PLAN_ALONG_ROW, jump)
+            chain += 1 + abs(jump) if new_row else jump
+        else:
+            kinds[i] = PLAN_NEW_ROW if new_row else 0
+            chain = 0
+        if new_row:
+            start_x, start_y = x, y
+    return kinds, jumps
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _planned_gaussian_matrix(dx: np.ndarray, dy: np.ndarray, kinds: np.ndarray, jumps: np.ndarray,
+                             inverses: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    """out[i, k] = exp(-r_i'C_k^-1 r_i / 2) at the offsets r_i = (dx_i, dy_i) of row-major pixels, for
+    `inverses` (3, K) rows of C_k^-1 (xx, xy, yy), following `gaussian_plan(dx, dy)` = (kinds, jumps);
+    `scratch` (N_SCRATCH, K) is work space.
+
+    With R(x, y) = N(x + 1, y) / N(x, y) and V(x, y) = N(x, y + 1) / N(x, y):
+    N(x + 1, y) = N R, R(x + 1, y) = R exp(-Cinv_xx), V(x + 1, y) = V exp(-Cinv_xy),
+    N(x, y + 1) = N V, R(x, y + 1) = R exp(-Cinv_xy), V(x, y + 1) = V exp(-Cinv_yy).
+    Any value outside [TINY, 2] is computed directly too (underflow cannot carry a recurrence).
+    """
+    n_gauss = inverses.shape[1]
+    step_x, step_xy, step_y = scratch[0], scratch[1], scratch[2]
+    ratio_x, start_value, start_ratio_x, start_ratio_y = scratch[3], scratch[4], scratch[5], scratch[6]
+    for k in range(n_gauss):
+        step_x[k], step_xy[k], step_y[k] = np.exp(-inverses[0, k]), np.exp(-inverses[1, k]), np.exp(-inverses[2, k])
+    for i in range(dx.size):
+        kind, jump = kinds[i], jumps[i]
         n_invalid = 0  # values a recurrence cannot carry (underflow, or not finite)
-        if recurrence and not new_row:
-            if jump == 1:  # the common case: min / max / sum reductions keep this loop vectorised
+        if kind == PLAN_ALONG_ROW:
+            if jump == 1:  # the common case: min / max / sum reductions are the fastest range test here (measured)
                 smallest, largest, total = 1.0, 1.0, 0.0
                 for k in range(n_gauss):
                     value = out[i - 1, k] * ratio_x[k]
@@ -90,8 +122,7 @@ def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: 
                         ratio *= step_x[k]
                     out[i, k], ratio_x[k] = value, ratio
                     n_invalid += not (TINY <= value <= 2.0)
-            chain += jump
-        elif recurrence:
+        elif kind == PLAN_NEXT_ROW:
             for k in range(n_gauss):
                 value = start_value[k] * start_ratio_y[k]
                 ratio, ratio_y = start_ratio_x[k] * step_xy[k], start_ratio_y[k] * step_y[k]
@@ -106,20 +137,25 @@ def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: 
                 out[i, k], ratio_x[k] = value, ratio
                 start_value[k], start_ratio_x[k], start_ratio_y[k] = value, ratio, ratio_y
                 n_invalid += not (TINY <= value <= 2.0)
-            chain += 1 + abs(jump)
-        else:
-            chain = 0
-        if not recurrence or n_invalid:
+        direct = (kind & PLAN_RECURRENCE) == 0
+        if direct or n_invalid:
+            x, y = dx[i], dy[i]
+            new_row = (kind & PLAN_NEW_ROW) != 0
             for k in range(n_gauss):
-                if not recurrence or not (TINY <= out[i, k] <= 2.0):
+                if direct or not (TINY <= out[i, k] <= 2.0):
                     ixx, ixy, iyy = inverses[0, k], inverses[1, k], inverses[2, k]
                     out[i, k] = math.exp(-0.5 * (ixx * x * x + 2.0 * ixy * x * y + iyy * y * y))
                     ratio_x[k] = math.exp(-(ixx * (x + 0.5) + ixy * y))
                     if new_row:
                         start_value[k], start_ratio_x[k] = out[i, k], ratio_x[k]
                         start_ratio_y[k] = math.exp(-(iyy * (y + 0.5) + ixy * x))
-        if new_row:
-            start_x, start_y = x, y
+
+
+@numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+def _gaussian_matrix(dx: np.ndarray, dy: np.ndarray, inverses: np.ndarray, out: np.ndarray) -> None:
+    """`_planned_gaussian_matrix` of row-major pixels, planned and evaluated once."""
+    kinds, jumps = gaussian_plan(dx, dy)
+    _planned_gaussian_matrix(dx, dy, kinds, jumps, inverses, out, np.empty((N_SCRATCH, inverses.shape[1])))
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -166,19 +202,39 @@ def _ellipse_jacobian(p0: float, p1: float, p2: float, jacobian: np.ndarray) -> 
     jacobian[2, 2] = r2 * (2.0 * (c - s * p0))
 
 
+class _Workspace(NamedTuple):
+    """The arrays one ellipse fit reuses at every evaluation (`_workspace`)."""
+
+    kinds: np.ndarray  # gaussian_plan of the fit pixels
+    jumps: np.ndarray
+    gaussians: np.ndarray  # (N, K) Gaussian values at the pixels
+    scratch: np.ndarray  # (N_SCRATCH, K) for _planned_gaussian_matrix
+    model: np.ndarray  # (N,) weighted model
+    sums: np.ndarray  # (N, 12) the Gaussians times the derivative coefficients
+    jacobian: np.ndarray  # (3, 3) of the ellipse
+    inverses: np.ndarray  # (3, K) inverse covariances at the current trial point
+    model_coefficients: np.ndarray  # (K,)
+    coefficients: np.ndarray  # (K, 12)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _workspace(dx: np.ndarray, dy: np.ndarray, n_gauss: int) -> _Workspace:
+    kinds, jumps = gaussian_plan(dx, dy)
+    return _Workspace(kinds, jumps, np.empty((dx.size, n_gauss)), np.empty((N_SCRATCH, n_gauss)), np.empty(dx.size),
+                      np.empty((dx.size, 12)), np.empty((3, 3)), np.empty((3, n_gauss)), np.empty(n_gauss),
+                      np.empty((n_gauss, 12)))
+
+
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _model_coefficients(p: np.ndarray, scales: np.ndarray, offsets: np.ndarray, norm_fluxes: np.ndarray,
-                        weight: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """At p: the inverse covariances (3, K) of the Gaussians s_k Q(p) + P_k, the coefficients (K,) of their
-    values in the weighted model and those (K, 12) in its p-derivatives (column 4 b + j: monomial j of
+                        weight: float, work: _Workspace) -> None:
+    """At p, into `work`: the inverse covariances (3, K) of the Gaussians s_k Q(p) + P_k, the coefficients (K,)
+    of their values in the weighted model and those (K, 12) in its p-derivatives (column 4 b + j: monomial j of
     (dx^2, dx dy, dy^2, 1) in dm/dp_b, the ellipse Jacobian folded in)."""
     n_gauss = scales.size
     qxx, qxy, qyy = _ellipse(p[0], p[1], p[2])
-    jacobian = np.empty((3, 3))
+    jacobian, inverses, coefficients = work.jacobian, work.inverses, work.coefficients
     _ellipse_jacobian(p[0], p[1], p[2], jacobian)
-    inverses = np.empty((3, n_gauss))
-    coefficients = np.empty((n_gauss, 12))
-    model_coefficients = np.empty(n_gauss)
     for k in range(n_gauss):
         ixx, ixy, iyy, det = _convolved_inverse(scales[k], qxx, qxy, qyy, offsets[k])
         inverses[0, k], inverses[1, k], inverses[2, k] = ixx, ixy, iyy
@@ -192,17 +248,17 @@ def _model_coefficients(p: np.ndarray, scales: np.ndarray, offsets: np.ndarray, 
             for j in range(4):
                 coefficients[k, 4 * b + j] = scaled * (jacobian[0, b] * d_xx[j] + jacobian[1, b] * d_xy[j]
                                                        + jacobian[2, b] * d_yy[j])
-        model_coefficients[k] = model_coefficient
-    return inverses, model_coefficients, coefficients
+        work.model_coefficients[k] = model_coefficient
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _cost(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, inverses: np.ndarray, model_coefficients: np.ndarray,
-          model: np.ndarray, gaussian_work: np.ndarray) -> tuple[bool, float, float]:
-    """Cost 0.5 |A m - d|^2 and amplitude A = m.d / m.m of the model m (into `model`, the Gaussians into
-    `gaussian_work` for `_derivatives`). Returns (ok, cost, A); ok is False when the model vanishes."""
-    _gaussian_matrix(dx, dy, inverses, gaussian_work)
-    model[:] = np.dot(gaussian_work, model_coefficients)
+def _cost(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, work: _Workspace) -> tuple[bool, float, float]:
+    """Cost 0.5 |A m - d|^2 and amplitude A = m.d / m.m of the model m at the point of `_model_coefficients`
+    (m into work.model, the Gaussians into work.gaussians for `_derivatives`). Returns (ok, cost, A); ok is
+    False when the model vanishes."""
+    _planned_gaussian_matrix(dx, dy, work.kinds, work.jumps, work.inverses, work.gaussians, work.scratch)
+    model = work.model
+    np.dot(work.gaussians, work.model_coefficients, model)
     mm = md = 0.0
     for i in range(dx.size):
         mm += model[i] * model[i]
@@ -218,11 +274,13 @@ def _cost(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, inverses: np.ndarray
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-def _derivatives(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, coefficients: np.ndarray, model: np.ndarray,
-                 gaussian_work: np.ndarray, amplitude: float, hessian: np.ndarray, gradient: np.ndarray) -> None:
+def _derivatives(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, work: _Workspace, amplitude: float,
+                 hessian: np.ndarray, gradient: np.ndarray) -> None:
     """Gauss-Newton Hessian J'J and gradient J'f (J the Jacobian of the residuals f = A m - d including dA/dp)
-    from the Gram matrix of (m, dm/dp, d), after `_cost` at the same p."""
-    sums_all = np.dot(gaussian_work, coefficients)  # (N, 12)
+    from the Gram matrix of (m, dm/dp, d), after `_cost` at the same point."""
+    sums_all = work.sums
+    np.dot(work.gaussians, work.coefficients, sums_all)  # (N, 12)
+    model = work.model
     mm = m1 = m2 = m3 = md = 0.0
     g11 = g12 = g13 = g22 = g23 = g33 = d1 = d2 = d3 = 0.0
     for i in range(dx.size):
@@ -267,14 +325,15 @@ def _derivatives(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, coefficients:
 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
 def _evaluate(p: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, scales: np.ndarray,
-              offsets: np.ndarray, norm_fluxes: np.ndarray, weight: float, model: np.ndarray,
-              gaussian_work: np.ndarray, hessian: np.ndarray, gradient: np.ndarray) -> tuple[bool, float, float]:
+              offsets: np.ndarray, norm_fluxes: np.ndarray, weight: float, work: _Workspace, hessian: np.ndarray,
+              gradient: np.ndarray) -> tuple[bool, float, float]:
     """Cost, Hessian, gradient (into `hessian`, `gradient`) and amplitude at p, for the weighted model
-    m = weight sum_k f_k N(s_k Q(p) + P_k). Returns (ok, cost, amplitude); ok is False when m vanishes."""
-    inverses, model_coefficients, coefficients = _model_coefficients(p, scales, offsets, norm_fluxes, weight)
-    ok, cost, amplitude = _cost(dx, dy, data, inverses, model_coefficients, model, gaussian_work)
+    m = weight sum_k f_k N(s_k Q(p) + P_k) (into work.model). Returns (ok, cost, amplitude); ok is False when m
+    vanishes."""
+    _model_coefficients(p, scales, offsets, norm_fluxes, weight, work)
+    ok, cost, amplitude = _cost(dx, dy, data, work)
     if ok:
-        _derivatives(dx, dy, data, coefficients, model, gaussian_work, amplitude, hessian, gradient)
+        _derivatives(dx, dy, data, work, amplitude, hessian, gradient)
     return ok, cost, amplitude
 
 
@@ -320,15 +379,13 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
     of the model weight * sum_k fluxes_k N(scales_k Q(p) + offsets_k) to `data` (already weighted), with
     the amplitude solved linearly at every step. Returns (status, p, amplitude, max_iter)."""
     norm_fluxes = fluxes / (2.0 * math.pi)
-    model = np.empty(dx.size)
-    gaussian_work = np.empty((dx.size, scales.size))
+    work = _workspace(dx, dy, scales.size)
     p = np.empty(3)
     for j in range(3):
         p[j] = _clip(p0[j], lower[j], upper[j])
     hessian, gradient = np.empty((3, 3)), np.empty(3)
     step, p_new = np.empty(3), np.empty(3)
-    ok, cost, amplitude = _evaluate(p, dx, dy, data, scales, offsets, norm_fluxes, weight, model, gaussian_work,
-                                    hessian, gradient)
+    ok, cost, amplitude = _evaluate(p, dx, dy, data, scales, offsets, norm_fluxes, weight, work, hessian, gradient)
     if not ok:
         return STATUS_EMPTY_MODEL, p, 0.0, False
     diagonal_max = hessian[0, 0]
@@ -349,9 +406,8 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
                 math.sqrt(p[0] ** 2 + p[1] ** 2 + p[2] ** 2) + 1e-8):
             return STATUS_OK, p, amplitude, False
         # the trial point's cost first; its derivatives only if the step is accepted
-        inverses, model_coefficients, coefficients = _model_coefficients(p_new, scales, offsets, norm_fluxes,
-                                                                         weight)
-        ok, cost_new, amplitude_new = _cost(dx, dy, data, inverses, model_coefficients, model, gaussian_work)
+        _model_coefficients(p_new, scales, offsets, norm_fluxes, weight, work)
+        ok, cost_new, amplitude_new = _cost(dx, dy, data, work)
         if not ok:
             mu *= nu
             nu *= 2.0
@@ -361,7 +417,7 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
         rho = (cost - cost_new) / predicted if predicted > 0 else -1.0
         if rho > 0:
             p[:] = p_new
-            _derivatives(dx, dy, data, coefficients, model, gaussian_work, amplitude_new, hessian, gradient)
+            _derivatives(dx, dy, data, work, amplitude_new, hessian, gradient)
             amplitude, cost = amplitude_new, cost_new
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
