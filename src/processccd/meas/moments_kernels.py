@@ -97,7 +97,7 @@ def _add_row(sums: np.ndarray, dy: float, r0: float, r1: float, r2: float) -> No
     sums[5] += dy * dy * r0
 
 
-@numba.njit(cache=True, fastmath={"reassoc", "nsz", "arcp"}, error_model="numpy")
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _factored_row(pixels: np.ndarray, dx: np.ndarray, column_factor: np.ndarray, cross_factor: np.ndarray,
                   w11: float, cross: float, yy_term: float, row_factor: float) -> tuple[float, float, float]:
     """Sums of w I, w I dx, w I dx^2 over a row span (equal-length arrays), the weight being column_factor *
