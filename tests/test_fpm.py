@@ -9,7 +9,7 @@ import pytest
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss.fpm import decode_spans, rasterize_spans, read_fpm
+from processccd.sdss.fpm import decode_spans, paint_spans, rasterize_spans, read_fpm, read_fpm_spans
 
 PLANE_NAMES = [
     "INTERP", "SATUR", "NOTCHECKED", "OBJECT", "BRIGHTOBJECT",
@@ -95,6 +95,23 @@ def test_rasterize_dense_spans_equal_the_sparse_painting() -> None:
     np.testing.assert_array_equal(np.logical_or.reduce(sparse), expected)
 
 
+@pytest.mark.parametrize("n_spans", [10, 400])  # sparse, and dense (the running-sum path)
+def test_paint_spans_ors_the_rasterized_planes_into_the_first_rows(n_spans: int) -> None:
+    rng = np.random.default_rng(8)
+    frame = (40, 50)
+    mask = rng.integers(0, 2**16, (31, 50)).astype(np.uint16)  # fewer rows than the frame, as a trimmed mask
+    expected = mask.copy()
+    for bit in (1, 1 << 9, 1 << 15):
+        y = rng.integers(-3, 43, n_spans)
+        x1 = rng.integers(-5, 60, n_spans)
+        spans = np.column_stack([y, x1, x1 + rng.integers(-2, 30, n_spans)])
+        np.bitwise_or(expected, np.uint16(bit), out=expected, where=rasterize_spans(spans, frame)[:31])
+        paint_spans(mask, spans, bit)
+        np.testing.assert_array_equal(mask, expected)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        paint_spans(mask[:, ::2], np.zeros((0, 3), dtype=np.int64), 1)
+
+
 def test_read_fpm_synthetic(tmp_path: Path) -> None:
     planes = {
         "INTERP": plane_hdu([[(0, 0, 0), (1, 0, 0)], [(4, 2, 6)]]),
@@ -110,6 +127,10 @@ def test_read_fpm_synthetic(tmp_path: Path) -> None:
     assert masks["GHOST"].sum() == 0
     only = read_fpm(tmp_path / "fpM.fit", planes=["CR"])
     assert list(only) == ["CR"]
+    spans = read_fpm_spans(tmp_path / "fpM.fit")
+    assert spans.shape == (20, 30) and sorted(spans.spans) == sorted(PLANE_NAMES)
+    assert spans.spans["SATUR"].tolist() == [[2, 3, 5]]  # row0, col0 applied
+    np.testing.assert_array_equal(spans.plane("INTERP"), masks["INTERP"])
 
 
 def test_read_fpm_plane_found_by_name_not_position(tmp_path: Path) -> None:

@@ -262,7 +262,7 @@ def _readers() -> dict[str, Callable[[Path, DataId], Any]]:
 
     return {
         "fpC": lambda path, _id: fpc.read_fpc(path),
-        "fpM": lambda path, _id: fpm.read_fpm(path),
+        "fpM": lambda path, _id: fpm.read_fpm_spans(path),
         "tsField": lambda path, data_id: tsfield.read_tsfield(path, data_id.filter),
         "psField": lambda path, data_id: psfield.read_psfield(path, data_id.filter),
         "asTrans": lambda path, data_id: astrans.read_astrans(path, data_id.camcol, data_id.filter, data_id.field),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,31 +26,61 @@ def decode_spans(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype=">i2").reshape(-1, 3).astype(np.int64)
 
 
-def rasterize_spans(spans: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean image of `shape` with every pixel of the (y, x1, x2) spans (x inclusive) set.
-
-    x is clipped to the image, spans on rows outside it are dropped.
-    """
+def _clipped_spans(spans: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, x1, x2) of the spans with x clipped to the image and the spans on rows outside it dropped."""
     nrow, ncol = shape
     spans = np.asarray(spans, dtype=np.int64).reshape(-1, 3)
     y = spans[:, 0]
     x1 = np.maximum(spans[:, 1], 0)
     x2 = np.minimum(spans[:, 2], ncol - 1)
     keep = (y >= 0) & (y < nrow) & (x1 <= x2)
-    y, x1, x2 = y[keep], x1[keep], x2[keep]
+    return y[keep], x1[keep], x2[keep]
+
+
+def _flat_index(y: np.ndarray, x1: np.ndarray, x2: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """The flat index of every pixel of the clipped spans (repeated where they overlap), or None if they
+    cover more than 1/SPARSE_FRACTION of the image (counting overlaps)."""
+    nrow, ncol = shape
     lengths = x2 - x1 + 1
     n_pixels = int(lengths.sum())
-    if n_pixels <= nrow * ncol // SPARSE_FRACTION:
-        # sparse planes (all real ones): set the flat index of every covered pixel
-        first = y * ncol + x1
+    if n_pixels > nrow * ncol // SPARSE_FRACTION:
+        return None
+    first = y * ncol + x1
+    return np.arange(n_pixels) + np.repeat(first - (np.cumsum(lengths) - lengths), lengths)
+
+
+def rasterize_spans(spans: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean image of `shape` with every pixel of the (y, x1, x2) spans (x inclusive) set.
+
+    x is clipped to the image, spans on rows outside it are dropped.
+    """
+    nrow, ncol = shape
+    y, x1, x2 = _clipped_spans(spans, shape)
+    index = _flat_index(y, x1, x2, shape)
+    if index is not None:  # sparse planes (all real ones): set the flat index of every covered pixel
         flat = np.zeros(nrow * ncol, dtype=bool)
-        flat[np.arange(n_pixels) + np.repeat(first - (np.cumsum(lengths) - lengths), lengths)] = True
+        flat[index] = True
         return flat.reshape(nrow, ncol)
     # +1 at the first pixel of each span, -1 just past its last; a running sum > 0 marks covered pixels
     diff = np.zeros((nrow, ncol + 1), dtype=np.int32)
     np.add.at(diff, (y, x1), 1)
     np.add.at(diff, (y, x2 + 1), -1)
     return np.cumsum(diff[:, :ncol], axis=1) > 0
+
+
+def paint_spans(mask: np.ndarray, spans: np.ndarray, bit: int) -> None:
+    """OR `bit` into the pixels of the 2-d C-contiguous `mask` that the (y, x1, x2) spans cover (clipped to
+    the mask as by `rasterize_spans`: a mask with fewer rows than the frame takes its first rows)."""
+    if mask.ndim != 2 or not mask.flags.c_contiguous:
+        raise ValueError("paint_spans needs a 2-d C-contiguous mask")
+    shape = (mask.shape[0], mask.shape[1])
+    value = mask.dtype.type(bit)
+    index = _flat_index(*_clipped_spans(spans, shape), shape)
+    if index is None:
+        np.bitwise_or(mask, value, out=mask, where=rasterize_spans(spans, shape))
+    else:  # a pixel listed twice gets the same value twice
+        flat = mask.reshape(-1)
+        flat[index] |= value
 
 
 def _plane_spans(table: BinTable, path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
@@ -102,12 +133,21 @@ def _plane_hdus(fits_file: FitsFile, path: Path) -> dict[str, int]:
     return hdus
 
 
-def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """Mask planes of an fpM file, by SDSS name without S_MASK_ (INTERP, SATUR, ..., CR).
+@dataclass(frozen=True)
+class FpmSpans:
+    """The mask planes of an fpM file as spans: plane name (without S_MASK_) -> (n, 3) array of (y, x1, x2)
+    in frame coordinates, and the (MASKROWS, MASKCOLS) shape of the planes."""
 
-    Each plane is a boolean array of the untrimmed frame shape (MASKROWS, MASKCOLS) = (1489, 2048).
-    `planes` restricts the result to the named planes (all by default).
-    """
+    shape: tuple[int, int]
+    spans: dict[str, np.ndarray]
+
+    def plane(self, name: str) -> np.ndarray:
+        """Plane `name` as a boolean image of `shape`."""
+        return rasterize_spans(self.spans[name], self.shape)
+
+
+def read_fpm_spans(path: str | Path, planes: Iterable[str] | None = None) -> FpmSpans:
+    """The spans of the mask planes of an fpM file (all planes, or those named in `planes`), checked."""
     path = Path(path)
     with open_fits(path, "fpM") as fits_file:
         header = fits_file.hdul[0].header
@@ -117,7 +157,7 @@ def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str,
             raise InputError(f"{path}: invalid mask size {shape[0]} x {shape[1]}")
         hdus = _plane_hdus(fits_file, path)
         wanted = list(hdus) if planes is None else list(planes)
-        result: dict[str, np.ndarray] = {}
+        spans: dict[str, np.ndarray] = {}
         for name in wanted:
             if name not in hdus:
                 raise InputError(f"{path}: mask plane {name} not in the plane name table")
@@ -125,5 +165,15 @@ def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str,
             if not 1 <= index < len(fits_file) - 1:
                 raise InputError(f"{path}: HDU {index} of mask plane {name} missing")
             table = fits_file.table(index, f"HDU {index} of mask plane {name}")
-            result[name] = rasterize_spans(_plane_spans(table, path, name, shape), shape)
-    return result
+            spans[name] = _plane_spans(table, path, name, shape)
+    return FpmSpans(shape, spans)
+
+
+def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Mask planes of an fpM file, by SDSS name without S_MASK_ (INTERP, SATUR, ..., CR).
+
+    Each plane is a boolean array of the untrimmed frame shape (MASKROWS, MASKCOLS) = (1489, 2048).
+    `planes` restricts the result to the named planes (all by default).
+    """
+    fpm = read_fpm_spans(path, planes)
+    return {name: fpm.plane(name) for name in fpm.spans}

@@ -13,6 +13,7 @@ from processccd.dataid import DataId
 from processccd.errors import InputError
 from processccd.image import FPM_TO_MASK_PLANE, Exposure, PhotoCalib, mask_bit
 from processccd.psf import SdssKLPsf
+from processccd.sdss.fpm import paint_spans
 from processccd.wcs import fit_tan_sip
 
 log = logging.getLogger("processCcd")
@@ -34,7 +35,7 @@ def make_exposure(butler: Butler, data_id: DataId, config: MakeExposureConfig | 
     """Read fpC, fpM, tsField, psField and asTrans for `data_id` and build the trimmed exposure."""
     config = config or MakeExposureConfig()
     fpc = butler.get("fpC", data_id)
-    planes = butler.get("fpM", data_id)
+    fpm = butler.get("fpM", data_id)
     tsfield = butler.get("tsField", data_id)
     psf_components = butler.get("psField", data_id)
     astrans = butler.get("asTrans", data_id)
@@ -47,14 +48,12 @@ def make_exposure(butler: Butler, data_id: DataId, config: MakeExposureConfig | 
     kept = fpc.image[:height]
     image = kept - np.float32(fpc.soft_bias) if config.remove_pedestal else kept.copy()
 
+    if fpm.shape != fpc.image.shape:
+        raise InputError(f"{butler.path('fpM', data_id)}: mask shape {fpm.shape} != image {fpc.image.shape}")
     mask = np.zeros(image.shape, dtype=np.uint16)
     for fpm_name, plane_name in FPM_TO_MASK_PLANE.items():
-        plane = planes.get(fpm_name)
-        if plane is None:
-            continue
-        if plane.shape != fpc.image.shape:
-            raise InputError(f"{butler.path('fpM', data_id)}: mask shape {plane.shape} != image {fpc.image.shape}")
-        np.bitwise_or(mask, np.uint16(mask_bit(plane_name)), out=mask, where=plane[:height])
+        if fpm_name in fpm.spans:
+            paint_spans(mask, fpm.spans[fpm_name], mask_bit(plane_name))  # the spans of the rows kept
 
     if config.variance_model == "lsst2013":
         variance = image / np.float32(gain)
