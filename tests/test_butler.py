@@ -3,8 +3,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from processccd.butler import Butler, atomic_path
+import processccd.butler as butler_module
+from processccd.butler import Butler, atomic_path, dump_yaml
 from processccd.dataid import DataId, parse_id_expression
 from processccd.errors import DataIdError, InputError, OutputError
 
@@ -89,3 +91,32 @@ def test_discover_outputs(tmp_path):
     data_id = DataId(run=4192, camcol=4, field=300, filter="g", rerun=40)
     butler.put("src", data_id, lambda p: p.write_text("x"))
     assert butler.discover_outputs("src") == [DataId(run=4192, camcol=4, field=300, filter="g")]
+
+
+YAML_RECORD = {
+    "status": "success", "data_id": {"run": 4192, "camcol": 4, "field": 300, "filter": "i", "rerun": None},
+    "floats": [1.100511114134439, -6.723101949162466e-05, 1e300, 5e-324, 0.0, -0.0, float("inf"), -float("inf"),
+               float("nan"), 1e16, 123456789012345678.0],
+    "ints": [0, -1, 2**63 - 1, -(2**63), 10**30], "flags": [True, False], "long": list(range(300)),
+    "strings": ["", "yes", "null", "1.0", "2026-11-24T10:30:12Z", "a: b", "#x", "- x", "~", "'q'", '"dq"', " lead",
+                "trail ", "x" * 200, "aperture correction flux.sinc/flux.psf; a(x, y) = sum of coefficient * term, "
+                "terms y^(d-k) x^k for d = 0..order, k = 0..d, raw 0-based pixel coordinates"],
+    "stars": [{"id": 427976069518196779, "x": 499.16622169776315, "flux.psf": 17502.667004597628}] * 3,
+}
+
+
+@pytest.mark.parametrize("dumper", [butler_module.SAFE_DUMPER, yaml.SafeDumper])
+@pytest.mark.parametrize("sort_keys", [True, False])
+def test_dump_yaml_is_safe_dump(dumper: type, sort_keys: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libyaml's emitter (when present) and the pure-Python fallback both give yaml.safe_dump's text."""
+    monkeypatch.setattr(butler_module, "SAFE_DUMPER", dumper)
+    assert dump_yaml(YAML_RECORD, sort_keys=sort_keys) == yaml.safe_dump(YAML_RECORD, sort_keys=sort_keys)
+
+
+def test_metadata_yaml_round_trip(tmp_path: Path) -> None:
+    butler = Butler(tmp_path / "in", tmp_path / "out")
+    data_id = DataId(run=4192, camcol=4, field=300, filter="i", rerun=40)
+    path = butler.write_metadata(data_id, YAML_RECORD)
+    assert path.read_text() == yaml.safe_dump(YAML_RECORD, sort_keys=True, default_flow_style=False)
+    record = butler.read_metadata(data_id)
+    assert record is not None and record["strings"] == YAML_RECORD["strings"] and record["long"] == list(range(300))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from processccd.butler import dump_yaml
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import sinc_flux_many
 from processccd.meas.psf_flux import psf_flux_many, psf_images_at
@@ -118,7 +119,7 @@ class ApertureCorrection:
                    int(data["n_candidates"]), stars)
 
     def write_yaml(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        path.write_text(dump_yaml(self.to_dict(), sort_keys=False))
 
     @classmethod
     def read_yaml(cls, path: Path) -> ApertureCorrection:
