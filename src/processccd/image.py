@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from processccd.dataid import DataId
 from processccd.psf import Psf
 
 FITS_BLOCK = 2880  # bytes
+FITS_CARD = 80  # characters
 WRITE_CHUNK = 1 << 17  # pixels converted to big-endian at a time when writing an image
 
 # Mask planes: the LSST 2013 afw bits first (BAD..DETECTED_NEGATIVE), then the other SDSS fpM planes.
@@ -93,7 +95,11 @@ class Exposure:
         return self.image.shape  # type: ignore[return-value]
 
     def write_fits(self, path: Path, provenance: dict[str, Any] | None = None) -> None:
-        """Write a calexp: empty primary (metadata, provenance), IMAGE, MASK, VARIANCE extensions."""
+        """Write a calexp: empty primary (metadata, provenance), IMAGE, MASK, VARIANCE extensions.
+
+        The bytes are those of `fits.HDUList` of astropy `ImageHDU`s made with the WCS header (the MASK as
+        int32); the extension headers are assembled from card images (`image_extension_header`).
+        """
         primary = fits.PrimaryHDU()
         hdr = primary.header
         hdr["ORIGIN"] = ("processccd", "software that wrote this file")
@@ -109,36 +115,83 @@ class Exposure:
             hdr[key] = value  # metadata keys are FITS keywords (<= 8 characters), values scalars
         for key, value in (provenance or {}).items():
             hdr.add_history(f"{key}: {value}")
-        wcs_header = self.wcs.to_header(relax=True)
-        image_hdu = fits.ImageHDU(self.image.astype(np.float32, copy=False), header=wcs_header, name="IMAGE")
-        image_hdu.header["BUNIT"] = "adu"
-        mask_hdu = fits.ImageHDU(self.mask.astype(np.int32), header=wcs_header, name="MASK")
-        for name, bit in MASK_PLANES.items():
-            key = f"MP_{name}"
-            mask_hdu.header[key if len(key) <= 8 else f"HIERARCH {key}"] = (bit, "mask plane bit index")
-        variance_hdu = fits.ImageHDU(self.variance.astype(np.float32, copy=False), header=wcs_header,
-                                     name="VARIANCE")
-        variance_hdu.header["BUNIT"] = "adu2"
-        write_hdus(path, [primary, image_hdu, mask_hdu, variance_hdu])
+        wcs_cards = [str(card) for card in self.wcs.to_header(relax=True).cards]
+        extensions = []
+        for name, data, stored, cards in (("IMAGE", self.image, FLOAT32, _unit_cards("adu")),
+                                          ("MASK", self.mask, INT32, _mask_plane_cards()),
+                                          ("VARIANCE", self.variance, FLOAT32, _unit_cards("adu2"))):
+            header = image_extension_header(stored, data.shape, [*wcs_cards, *_extname_cards(name), *cards])
+            extensions.append(RawImageHdu(header, data, stored))
+        write_hdus(path, [primary, *extensions])
 
 
-def write_hdus(path: Path, hdus: list[fits.PrimaryHDU | fits.ImageHDU]) -> None:
+FLOAT32 = np.dtype(">f4")
+INT32 = np.dtype(">i4")
+END_CARD = "END".ljust(FITS_CARD)
+
+
+@dataclass(frozen=True)
+class RawImageHdu:
+    """An image HDU for `write_hdus`: its header text (card images up to END, padded to whole FITS blocks)
+    and its pixels, stored as the big-endian FITS type `stored` (which its header declares)."""
+
+    header: str
+    data: np.ndarray
+    stored: np.dtype
+
+
+@functools.cache
+def _image_structure_cards(stored: np.dtype, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The cards astropy begins an image extension of this type and shape with (XTENSION ... GCOUNT)."""
+    return tuple(str(card) for card in fits.ImageHDU(np.empty(shape, dtype=stored)).header.cards)
+
+
+@functools.cache
+def _extname_cards(name: str) -> tuple[str, ...]:
+    return (str(fits.Card("EXTNAME", name, "extension name")),)
+
+
+@functools.cache
+def _unit_cards(unit: str) -> tuple[str, ...]:
+    return (str(fits.Card("BUNIT", unit)),)
+
+
+@functools.cache
+def _mask_plane_cards() -> tuple[str, ...]:
+    """MP_<plane> = bit index, the mask-plane dictionary of the MASK extension."""
+    keys = (f"MP_{name}" for name in MASK_PLANES)
+    return tuple(str(fits.Card(key if len(key) <= 8 else f"HIERARCH {key}", bit, "mask plane bit index"))
+                 for key, bit in zip(keys, MASK_PLANES.values(), strict=True))
+
+
+def image_extension_header(stored: np.dtype, shape: tuple[int, ...], cards: list[str]) -> str:
+    """The header astropy writes for `ImageHDU(data of type stored and this shape, header=cards)` as
+    text: its structure cards, `cards` (80-character card images), END, blank-padded to whole blocks."""
+    text = "".join((*_image_structure_cards(stored, shape), *cards, END_CARD))
+    return text + " " * (-len(text) % FITS_BLOCK)
+
+
+def write_hdus(path: Path, hdus: list[fits.PrimaryHDU | fits.ImageHDU | RawImageHdu]) -> None:
     """Write image HDUs as `fits.HDUList(hdus).writeto` does, with one big-endian copy of each array.
 
-    The headers are astropy's; the pixels are converted to big-endian block by block (a small buffer,
-    instead of astropy's in-place byte swap there and back and its second verification) and followed by
-    the zero padding of the last FITS block.
+    The headers are astropy's (or the text of a `RawImageHdu`); the pixels are converted to big-endian
+    block by block (a small buffer, instead of astropy's in-place byte swap there and back and its
+    second verification) and followed by the zero padding of the last FITS block.
     """
     with open(path, "wb") as stream:
         for hdu in hdus:
-            stream.write(hdu.header.tostring().encode("ascii"))
-            if hdu.data is None:
+            if isinstance(hdu, RawImageHdu):
+                header, data, stored = hdu.header, hdu.data, hdu.stored
+            else:
+                header, data = hdu.header.tostring(), hdu.data
+                stored = None if data is None else data.dtype.newbyteorder(">")
+            stream.write(header.encode("ascii"))
+            if data is None or stored is None:
                 continue
-            flat = hdu.data.reshape(-1)
-            big_endian = flat.dtype.newbyteorder(">")
+            flat = data.reshape(-1)
             for start in range(0, flat.size, WRITE_CHUNK):
-                stream.write(flat[start : start + WRITE_CHUNK].astype(big_endian).tobytes())
-            stream.write(bytes(-flat.nbytes % FITS_BLOCK))
+                stream.write(flat[start : start + WRITE_CHUNK].astype(stored))
+            stream.write(bytes(-flat.size * stored.itemsize % FITS_BLOCK))
 
 
 @dataclass(frozen=True)
