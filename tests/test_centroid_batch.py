@@ -1,6 +1,6 @@
 """gaussian_centroid_sources (compiled, all sources of one image) equals the scalar gaussian_centroid source by
-source (x0, y0 to 1e-9 px + 1e-11 relative, flags equal), also with each source's own footprint put back into a
-noised image."""
+source (x0, y0 to 1e-9 px + 1e-11 relative, flags equal), and sdss_centroid_sources equals the per-source
+sdss_centroid bit for bit, also with each source's own footprint put back into a noised image."""
 
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ import math
 import numpy as np
 import pytest
 
-from processccd.meas.centroid import LOST_DISTANCE, gaussian_centroid, gaussian_centroid_sources
+from processccd.meas.centroid import (
+    LOST_DISTANCE,
+    _unit_sum_kernels,
+    gaussian_centroid,
+    gaussian_centroid_sources,
+    sdss_centroid,
+    sdss_centroid_sources,
+)
 from processccd.meas.noise_replacement import NoiseReplacer
+from processccd.psf import SdssKLPsf
+from processccd.sdss.psfield import KLComponent
 
 TOLERANCE = 1e-9
 RELATIVE_TOLERANCE = 1e-11  # fits that ran far off the image (|x0| ~ 1e4..1e5) differ in the last digits
@@ -112,3 +121,101 @@ def test_non_finite_centres_and_pixels_fall_back() -> None:
     finite = np.isfinite(x)
     assert_equals_scalar(image, x[finite], y[finite], tuple(v[finite] for v in result[:3]) + (
         np.flatnonzero(np.isin(np.flatnonzero(finite), result[3])),))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# centroid.sdss: sdss_centroid_sources equals sdss_centroid bit for bit
+# ---------------------------------------------------------------------------------------------------------
+
+
+def varying_psf() -> SdssKLPsf:
+    """A KL PSF whose width and ellipticity change across the frame (two Gaussian components)."""
+    yy, xx = np.mgrid[:51, :51] - 25.0
+    core = np.exp(-0.5 * (xx**2 + yy**2) / 1.3**2)
+    wings = np.exp(-0.5 * (xx**2 / 2.2**2 + yy**2 / 1.8**2))
+    return SdssKLPsf([KLComponent(np.array([[1.0, 0.3], [-0.5, 0.0]]), core),
+                      KLComponent(np.array([[0.2, 0.1], [0.4, 0.0]]), wings)])
+
+
+EXTENDED = np.array([[90.3, 80.6], [300.2, 150.7], [200.5, 230.1]])  # (x, y) of objects that need binning
+
+
+def sdss_star_field(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """float32 image and variance of `star_field` stars and of the wide EXTENDED objects, and their peak
+    pixels (EXTENDED last but three), then three peaks off the image."""
+    image, x, y = star_field(seed, 150)
+    image -= 100.0
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    for x_centre, y_centre in EXTENDED:
+        image += 3e3 * np.exp(-0.5 * ((xx - x_centre) ** 2 + (yy - y_centre) ** 2) / 4.5**2)
+    variance = np.full(SHAPE, 25.0, dtype=np.float32)
+    x_peak = np.floor(np.r_[x, EXTENDED[:, 0]] + 0.5).astype(np.int64)
+    y_peak = np.floor(np.r_[y, EXTENDED[:, 1]] + 0.5).astype(np.int64)
+    return image.astype(np.float32), variance, np.r_[x_peak, -1, SHAPE[1], 30], np.r_[y_peak, 30, 40, SHAPE[0]]
+
+
+def assert_sdss_equals_scalar(image: np.ndarray, variance: np.ndarray, x_peak: np.ndarray, y_peak: np.ndarray,
+                              psf: SdssKLPsf, psf_sigma: np.ndarray, result: tuple[np.ndarray, ...],
+                              replacer: NoiseReplacer | None = None) -> list[bool]:
+    """Every source has the scalar result bit for bit (on the image with its own footprint inserted); returns
+    the scalar flags."""
+    flags = []
+    for index in range(x_peak.size):
+        if replacer is not None:
+            replacer.insert(index)
+        scalar = sdss_centroid(image, variance, x_peak[index], y_peak[index], psf, psf_sigma[index])
+        if replacer is not None:
+            replacer.remove(index)
+        batch = tuple(float(values[index]) for values in result[:4]) + (bool(result[4][index]),)
+        expected = (scalar.x, scalar.y, scalar.err_xx, scalar.err_yy, scalar.flag)
+        assert np.array_equal(batch, expected, equal_nan=True), index
+        flags.append(scalar.flag)
+    return flags
+
+
+def test_unit_sum_kernels_are_the_normalized_kernels() -> None:
+    psf = varying_psf()
+    rng = np.random.default_rng(3)
+    x_peak, y_peak = rng.integers(0, 2048, 300), rng.integers(0, 1489, 300)
+    kernels, neffs = _unit_sum_kernels(psf, x_peak, y_peak)
+    for kernel, neff, x, y in zip(kernels, neffs, x_peak, y_peak, strict=True):
+        expected = psf.normalized_kernel(int(x), int(y))
+        assert np.array_equal(kernel, expected)
+        assert neff == expected.sum() ** 2 / (expected * expected).sum()
+
+
+def test_sdss_sources_equal_scalar_on_a_star_field() -> None:
+    image, variance, x_peak, y_peak = sdss_star_field(4)
+    psf = varying_psf()
+    psf_sigma = np.random.default_rng(4).uniform(1.0, 2.0, x_peak.size)
+    result = sdss_centroid_sources(image, variance, x_peak, y_peak, psf, psf_sigma)
+    flags = assert_sdss_equals_scalar(image, variance, x_peak, y_peak, psf, psf_sigma, result)
+    # the field covers failures (edges, no maximum) and successes, binned ones among them
+    assert sum(flags) >= 10 and len(flags) - sum(flags) >= 30
+    assert result[4][-3:].all()
+    assert not all(flags[-6:-3])  # an EXTENDED object measured on a binned stamp
+
+
+def test_sdss_sources_put_back_their_own_footprints() -> None:
+    image, variance, x_peak, y_peak = sdss_star_field(6)
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    near = np.hypot(xx[None] - x_peak[:, None, None], yy[None] - y_peak[:, None, None]) < 4.0
+    owner = np.where(near.any(axis=0), np.argmax(near, axis=0), -1)  # disjoint footprints
+    ys, xs = np.nonzero(owner >= 0)
+    replacer = NoiseReplacer(image, owner[ys, xs], ys, xs, seed=6, n_footprints=x_peak.size)
+    noised = image.copy()
+    psf, psf_sigma = varying_psf(), np.full(x_peak.size, 1.4)
+    result = sdss_centroid_sources(image, variance, x_peak, y_peak, psf, psf_sigma, replacer.footprint_deltas())
+    assert np.array_equal(image, noised)  # every footprint is noise again
+    assert_sdss_equals_scalar(image, variance, x_peak, y_peak, psf, psf_sigma, result, replacer)
+    alone = sdss_centroid_sources(image, variance, x_peak, y_peak, psf, psf_sigma)  # the source's own pixels matter
+    assert not np.allclose(alone[0], result[0])
+
+
+def test_sdss_sources_without_sources_or_with_a_bad_width() -> None:
+    image, variance, x_peak, y_peak = sdss_star_field(7)
+    empty = np.zeros(0, dtype=np.int64)
+    assert all(values.size == 0 for values in sdss_centroid_sources(image, variance, empty, empty, varying_psf(),
+                                                                    np.zeros(0)))
+    with pytest.raises(ValueError, match="positive"):
+        sdss_centroid_sources(image, variance, x_peak[:3], y_peak[:3], varying_psf(), np.array([1.4, 0.0, 1.4]))

@@ -21,7 +21,7 @@ ENTRY_POINTS = {
                                  "threshold_spans", "or_diamonds"),
     "processccd.meas.moments_kernels": ("adaptive_moments_iteration", "adaptive_moments_sources",
                                         "adaptive_moments_images"),
-    "processccd.meas.centroid_kernels": ("sdss_centroid_kernel", "gaussian_centroid_sources"),
+    "processccd.meas.centroid_kernels": ("sdss_centroid_sources", "gaussian_centroid_sources"),
     "processccd.meas.model_flux_kernels": ("profile_model", "fit_profile", "combo", "source_model_fluxes",
                                            "psf_model_fit"),
 }

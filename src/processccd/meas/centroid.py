@@ -1,8 +1,10 @@
 """Centroids: centroid.sdss and centroid.gaussian as computed by the LSST 2013 stack (measurement-spec.md §3).
 
-Coordinates are 0-based pixel centres, arrays are indexed [y, x]. centroid.sdss runs compiled per source;
-centroid.gaussian has the scalar numpy `gaussian_centroid` (the reference, and the path for non-finite
-pixels) and the compiled `gaussian_centroid_sources` for all sources of an image (`centroid_kernels`).
+Coordinates are 0-based pixel centres, arrays are indexed [y, x]. centroid.sdss runs compiled, per source
+(`sdss_centroid`, the reference) or for all sources of an image in one call (`sdss_centroid_sources`, the
+same values bit for bit); centroid.gaussian has the scalar numpy `gaussian_centroid` (the reference, and the
+path for non-finite pixels) and the compiled `gaussian_centroid_sources` for all sources of an image
+(`centroid_kernels`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,52 @@ def sdss_centroid(
         return failed
     x, y, err_xx, err_yy = result.tolist()
     return SdssCentroidResult(x=x, y=y, err_xx=err_xx, err_yy=err_yy, flag=False)
+
+
+def _unit_sum_kernels(psf: Psf, x_peak: np.ndarray, y_peak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`psf.normalized_kernel` at each peak pixel and its neff = (sum k)² / sum k², as `sdss_centroid` computes
+    them, bit for bit: the kernels come from `psf.kernel` one by one (`psf.kernels` rounds differently), the
+    sums are numpy's pairwise sums of each 31×31 kernel (as for a single one) and the square is a scalar
+    power, as there."""
+    kernels = np.stack([psf.kernel(x, y) for x, y in zip(x_peak.tolist(), y_peak.tolist(), strict=True)])
+    kernels /= kernels.sum(axis=(1, 2))[:, None, None]
+    squared_sums = np.array([total**2 for total in kernels.sum(axis=(1, 2))])
+    return kernels, squared_sums / (kernels * kernels).sum(axis=(1, 2))
+
+
+def sdss_centroid_sources(
+    image: np.ndarray, variance: np.ndarray, x_peak: np.ndarray, y_peak: np.ndarray, psf: Psf,
+    psf_sigma: np.ndarray,
+    footprint_deltas: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`sdss_centroid` of every source i at its peak pixel (x_peak[i], y_peak[i]) with PSF width psf_sigma[i], in
+    one compiled call (`centroid_kernels.sdss_centroid_sources`), with the same values bit for bit.
+
+    `image` has every footprint replaced by noise (`NoiseReplacer.footprint_deltas()`, or None: nothing
+    replaced); each source is measured with its own footprint put back, and `image` is left as it was.
+    Returns (x, y, err_xx, err_yy, flag) as the fields of `SdssCentroidResult`.
+    """
+    from processccd.meas import centroid_kernels
+
+    x_peak = np.asarray(x_peak, dtype=np.int64)
+    y_peak = np.asarray(y_peak, dtype=np.int64)
+    psf_sigma = np.asarray(psf_sigma, dtype=np.float64)
+    if not np.all(psf_sigma > 0.0):
+        raise ValueError(f"the PSF widths must be positive, got {psf_sigma[~(psf_sigma > 0.0)][0]}")
+    count = x_peak.size
+    height, width = image.shape
+    inside = np.flatnonzero((x_peak >= 0) & (x_peak < width) & (y_peak >= 0) & (y_peak < height))
+    results = np.full((count, 4), math.nan)
+    outcomes = np.full(count, centroid_kernels.LEAVES_IMAGE, dtype=np.int64)
+    if inside.size and psf.size == KERNEL_SIZE:  # else every source fails, as in `sdss_centroid`
+        kernels, neffs = _unit_sum_kernels(psf, x_peak[inside], y_peak[inside])
+        starts, ys, xs, deltas = deltas_by_source(footprint_deltas, count)
+        centroid_kernels.sdss_centroid_sources(image, variance, inside, x_peak, y_peak, kernels, neffs, psf_sigma,
+                                               starts, ys, xs, deltas, results, outcomes)
+    flag = outcomes != centroid_kernels.OK
+    x = np.where(flag, x_peak, results[:, 0])
+    y = np.where(flag, y_peak, results[:, 1])
+    return x, y, results[:, 2], results[:, 3], flag
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Compiled (numba) centroids of `centroid`: centroid.sdss of one source and centroid.gaussian of many.
+"""Compiled (numba) centroids of `centroid`: centroid.sdss and centroid.gaussian of one source or many.
 
 * `sdss_centroid_kernel` runs the binning loop of `centroid.sdss_centroid` (measurement-spec.md §3): binned
   stamp, PSF smoothing of the central 3x3 (float64 sums rounded to float32, as afw did) and the 2013 peak
-  analysis in scalar float64 arithmetic, operation for operation as the former numpy code.
+  analysis in scalar float64 arithmetic, operation for operation as the former numpy code;
+  `sdss_centroid_sources` runs it for every source of an image, each with its own footprint put back.
 * `gaussian_centroid_sources` runs `centroid.gaussian_centroid` (first guess and the CURFIT iteration) for
   every source of an image, each with its own footprint put back into the noise-replaced image; it differs
   from the scalar code only in rounding (the normal-equation sums and the 5x5 LU solve are summed in
@@ -229,6 +230,42 @@ def sdss_centroid_kernel(image: np.ndarray, variance: np.ndarray, x_peak: int, y
     result[0], result[1] = x_peak + dx, y_peak + dy
     result[2], result[3] = err_x * err_x, err_y * err_y
     return OK
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _put_back_footprint(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, deltas: np.ndarray, first: int,
+                        end: int) -> np.ndarray:
+    """Raise the footprint pixels (ys, xs)[first:end] of the noise-replaced `image` by their `deltas`
+    (original - noise), which restores their original values (exactly unless an original is ~2^29 times smaller
+    than its noise); returns the noise values, for `_restore_noise`."""
+    noise = np.empty(end - first, dtype=image.dtype)
+    for k in range(first, end):
+        noise[k - first] = image[ys[k], xs[k]]
+        image[ys[k], xs[k]] = noise[k - first] + deltas[k]
+    return noise
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _restore_noise(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, first: int, noise: np.ndarray) -> None:
+    """Undo `_put_back_footprint`: the pixels (ys, xs)[first:first + noise.size] get their `noise` again."""
+    for k in range(noise.size):
+        image[ys[first + k], xs[first + k]] = noise[k]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def sdss_centroid_sources(image: np.ndarray, variance: np.ndarray, sources: np.ndarray, x_peak: np.ndarray,
+                          y_peak: np.ndarray, kernels: np.ndarray, neffs: np.ndarray, psf_sigmas: np.ndarray,
+                          starts: np.ndarray, ys: np.ndarray, xs: np.ndarray, deltas: np.ndarray, results: np.ndarray,
+                          outcomes: np.ndarray) -> None:
+    """`sdss_centroid_kernel` of the sources i = sources[n] at their peaks (x_peak[i], y_peak[i]) with kernels[n],
+    neffs[n] and psf_sigmas[i] into results[i] and outcomes[i], each with its own footprint pixels
+    (ys, xs)[starts[i]:starts[i + 1]] raised by `deltas` (original - noise) meanwhile."""
+    for n in range(sources.size):
+        i = sources[n]
+        noise = _put_back_footprint(image, ys, xs, deltas, starts[i], starts[i + 1])
+        outcomes[i] = sdss_centroid_kernel(image, variance, x_peak[i], y_peak[i], kernels[n], neffs[n],
+                                           psf_sigmas[i], results[i])
+        _restore_noise(image, ys, xs, starts[i], noise)
 
 
 # centroid.gaussian: the CURFIT Levenberg-Marquardt fit of a circular Gaussian (see `centroid.gaussian_centroid`)
@@ -466,11 +503,6 @@ def gaussian_centroid_sources(image: np.ndarray, x: np.ndarray, y: np.ndarray, s
     """`gaussian_centroid_kernel` of every source i at (x[i], y[i]) into results[i] and outcomes[i], with its own
     footprint pixels (ys, xs)[starts[i]:starts[i + 1]] raised by `deltas` (original - noise) meanwhile."""
     for i in range(x.size):
-        first, end = starts[i], starts[i + 1]
-        saved = np.empty(end - first, dtype=image.dtype)
-        for k in range(first, end):
-            saved[k - first] = image[ys[k], xs[k]]
-            image[ys[k], xs[k]] = saved[k - first] + deltas[k]
+        noise = _put_back_footprint(image, ys, xs, deltas, starts[i], starts[i + 1])
         outcomes[i] = gaussian_centroid_kernel(image, x[i], y[i], results[i])
-        for k in range(first, end):
-            image[ys[k], xs[k]] = saved[k - first]
+        _restore_noise(image, ys, xs, starts[i], noise)

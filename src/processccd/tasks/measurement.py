@@ -13,7 +13,7 @@ import numpy as np
 from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
-from processccd.meas.centroid import gaussian_centroid, gaussian_centroid_sources, sdss_centroid
+from processccd.meas.centroid import gaussian_centroid, gaussian_centroid_sources, sdss_centroid_sources
 from processccd.meas.gaussian_flux import (
     gaussian_flux_from_batch,
     gaussian_flux_from_moments,
@@ -115,10 +115,8 @@ class MeasurementTask:
                                          draw_order=python27_dict_order(cols["id"]))
         with timed("centroid.sdss"):
             psf_sigmas = psf_adaptive_sigma_batch(psf.kernels(footprints.peak_x, footprints.peak_y))
-            for i in range(n):  # every later algorithm measures at this centroid
-                with isolated(replacer, i):
-                    self._centroid(cols, i, image, variance, psf, int(footprints.peak_x[i]),
-                                   int(footprints.peak_y[i]), float(psf_sigmas[i]))
+            # every later algorithm measures at this centroid
+            self._centroids(cols, image, variance, psf, psf_sigmas, replacer)
         x, y = cols["centroid.sdss.x"], cols["centroid.sdss.y"]
         with timed("centroid.gaussian"):
             self._gaussian_centroids(cols, image, replacer)
@@ -143,18 +141,17 @@ class MeasurementTask:
         return cols
 
     @staticmethod
-    def _centroid(cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray, psf: Psf,
-                  peak_x: int, peak_y: int, psf_sigma: float) -> None:
-        """centroid.sdss of source i; on failure the peak pixel and flags.badcentroid (as 2013)."""
-        centroid = sdss_centroid(image, variance, peak_x, peak_y, psf, psf_sigma)
-        if centroid.flag:
-            x, y = float(peak_x), float(peak_y)
-            cols["flags.badcentroid"][i] = True
-        else:
-            x, y = centroid.x, centroid.y
-            cols["centroid.sdss.err.xx"][i] = centroid.err_xx
-            cols["centroid.sdss.err.yy"][i] = centroid.err_yy
-        cols["centroid.sdss.x"][i], cols["centroid.sdss.y"][i] = x, y
+    def _centroids(cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray, psf: Psf,
+                   psf_sigmas: np.ndarray, replacer: NoiseReplacer | None) -> None:
+        """centroid.sdss of all sources at their peaks (compiled, on the full image); on failure the peak pixel
+        and flags.badcentroid, the errors left NaN (as 2013)."""
+        deltas = None if replacer is None else replacer.footprint_deltas()
+        x, y, err_xx, err_yy, flag = sdss_centroid_sources(image, variance, cols["peak.x"], cols["peak.y"], psf,
+                                                           psf_sigmas, deltas)
+        cols["centroid.sdss.x"], cols["centroid.sdss.y"] = x, y
+        cols["centroid.sdss.err.xx"][~flag] = err_xx[~flag]
+        cols["centroid.sdss.err.yy"][~flag] = err_yy[~flag]
+        cols["flags.badcentroid"] = flag
 
     @staticmethod
     def _gaussian_centroids(cols: dict[str, np.ndarray], image: np.ndarray, replacer: NoiseReplacer | None) -> None:
