@@ -61,6 +61,15 @@ def test_clipped_stats_match_brute_force(seed: int) -> None:
     assert abs(stats.mean - 50.0) < 0.05 and abs(stats.stdev - 4.0) < 0.2  # the tail is clipped
 
 
+def test_clipped_stats_do_not_depend_on_earlier_calls() -> None:
+    rng = np.random.default_rng(6)
+    small = rng.normal(10.0, 2.0, 5_000).astype(np.float32)
+    first = clipped_stats(small)
+    clipped_stats(rng.normal(-300.0, 50.0, 200_000).astype(np.float32))  # fills the shared scratch
+    assert clipped_stats(small) == first
+    assert clipped_stats(small[::-1].copy()).n_kept == first.n_kept
+
+
 def test_clipped_stats_of_a_constant_and_of_nothing() -> None:
     stats = clipped_stats(np.full(100, 7.0))
     assert stats.mean == 7.0 and stats.stdev == 0.0 and stats.n_kept == 100
@@ -112,6 +121,15 @@ def test_background_recovers_a_plane_well_below_the_noise() -> None:
     assert model.cell_values.shape == (4, 5)
     assert np.sqrt(np.mean((model.image - plane) ** 2)) < 0.5  # noise is 10 DN per pixel
     assert np.max(np.abs(model.image - plane)) < 1.5
+
+
+def test_model_is_the_float64_spline_product_rounded_once() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.normal(20.0, 3.0, (301, 407)).astype(np.float32)  # not a whole number of row blocks
+    model = estimate_background(image, None, 0, bin_size=100)
+    along_y = natural_spline_weights(model.cell_centres_y, np.arange(301)) @ model.cell_values
+    expected = along_y @ natural_spline_weights(model.cell_centres_x, np.arange(407)).T
+    np.testing.assert_array_equal(model.image, expected.astype(np.float32))
 
 
 def test_masked_pixels_are_ignored() -> None:

@@ -62,7 +62,9 @@ def test_float32_percentiles_equal_the_partition_path_bit_for_bit(kind: int) -> 
 def test_split_core_matches_boolean_indexing() -> None:
     values = np.random.default_rng(1).normal(0.0, 1.0, 10_001).astype(np.float32)
     lo, hi, reference = -0.7, 1.3, 0.1
-    core, rest = pixel_kernels.split_core(values, lo, hi, reference)
+    offsets = np.full(values.size, np.nan)
+    n_core, rest = pixel_kernels.split_core(values, lo, hi, reference, offsets)
+    core = offsets[:n_core]
     inside = (values.astype(np.float64) >= lo) & (values.astype(np.float64) <= hi)
     np.testing.assert_array_equal(core, values[inside].astype(np.float64) - reference)
     np.testing.assert_array_equal(rest, values[~inside])
@@ -93,7 +95,8 @@ def _scipy_smooth_middle(image: np.ndarray, sigma: float, kernel_size: int) -> n
 
 @pytest.mark.parametrize(("sigma", "kernel_size", "shape"),
                          [(0.8, 31, (120, 150)), (1.1, 31, (64, 70)), (1.5, 31, (90, 91)), (2.5, 15, (40, 45)),
-                          (6.0, 31, (80, 80)), (0.3, 5, (20, 30))])
+                          (6.0, 31, (80, 80)), (0.3, 5, (20, 30)),
+                          (2.5, 31, (33, 40))])  # 3 output rows, fewer than the taps
 def test_smoothing_is_bit_identical_to_scipy(sigma: float, kernel_size: int, shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(3)
     image = (rng.normal(0.0, 10.0, shape) * 10.0 ** rng.integers(-3, 4, shape)).astype(np.float32)
@@ -112,6 +115,10 @@ def test_threshold_spans_are_the_runs_of_the_thresholded_image() -> None:
     steps = np.diff(padded, axis=1)
     expected_rows, expected_firsts = np.nonzero(steps == 1)
     _, past_lasts = np.nonzero(steps == -1)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(firsts, expected_firsts)
+    np.testing.assert_array_equal(lasts, past_lasts - 1)
+    rows, firsts, lasts = pixel_kernels.threshold_spans(-image, np.float32(-0.8), True)  # the same runs
     np.testing.assert_array_equal(rows, expected_rows)
     np.testing.assert_array_equal(firsts, expected_firsts)
     np.testing.assert_array_equal(lasts, past_lasts - 1)

@@ -14,6 +14,7 @@ gathered by compiled loops (`processccd.pixel_kernels`, imported on first use).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -26,6 +27,8 @@ IQ_TO_STDEV = 0.741301109252802  # interquartile range -> standard deviation of 
 SPLINE_MIN_POINTS = 3  # a natural cubic spline needs >= 3 knots (afw/GSL cspline; fewer -> exception)
 
 _CORE_FRACTION = 0.7  # values within this fraction of the first clipping window are summed once
+_scratch = threading.local()  # `_offsets_scratch`'s array
+_MODEL_ROWS_PER_BLOCK = 32  # the float64 model is formed this many rows at a time (no full-frame float64 array)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,16 @@ class _Sums:
         return total
 
 
+def _offsets_scratch(size: int) -> np.ndarray:
+    """A float64 array of >= `size` elements, kept (per thread) from one call of `clipped_stats` to the next:
+    the offsets of a full frame take ~20 MB, and first touching fresh pages for them each time costs more
+    (page faults) than summing them."""
+    scratch = getattr(_scratch, "offsets", None)
+    if scratch is None or scratch.size < size:
+        scratch = _scratch.offsets = np.empty(size)
+    return scratch
+
+
 def clipped_stats(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3) -> ClippedStats:
     """afw MEANCLIP/STDEVCLIP: `n_iter` passes of mean and n - 1 variance over the pixels kept.
 
@@ -114,8 +127,9 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3) -> 
     reference = float(median)
     centre, half_width = reference, n_sigma * IQ_TO_STDEV * float(q75 - q25)
     core_lo, core_hi = centre - _CORE_FRACTION * half_width, centre + _CORE_FRACTION * half_width
-    core_offsets, fringe = pixel_kernels.split_core(values, core_lo, core_hi, reference)
-    core = _Sums(core_offsets)
+    offsets = _offsets_scratch(values.size)
+    n_core, fringe = pixel_kernels.split_core(values, core_lo, core_hi, reference, offsets)
+    core = _Sums(offsets[:n_core])
     mean, stdev, n_kept = np.nan, np.nan, 0
     for _ in range(n_iter):
         lo, hi = centre - half_width, centre + half_width
@@ -247,5 +261,9 @@ def estimate_background(
         raise CalibrationError(f"background: no usable pixels in grid cells (iy, ix) {bad}")
     centres_x, centres_y = cell_centres(x_edges), cell_centres(y_edges)
     along_y = _axis_spline_weights(height, ny) @ cell_values  # (H, nx)
-    model = along_y @ _axis_spline_weights(width, nx).T  # (H, W)
-    return BackgroundModel(model.astype(np.float32), cell_values, centres_x, centres_y)
+    along_x_weights = _axis_spline_weights(width, nx).T
+    model = np.empty((height, width), dtype=np.float32)
+    for start in range(0, height, _MODEL_ROWS_PER_BLOCK):  # float64 rows, rounded block by block
+        rows = slice(start, start + _MODEL_ROWS_PER_BLOCK)
+        model[rows] = along_y[rows] @ along_x_weights
+    return BackgroundModel(model, cell_values, centres_x, centres_y)

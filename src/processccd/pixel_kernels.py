@@ -4,7 +4,8 @@ Each kernel gives exactly what the numpy/scipy computation it replaced gave; onl
 
 * `float32_order_statistics`: exact order statistics of a float32 array by radix select on the monotone
   integer image of the IEEE bits (counting only; see its docstring).
-* `split_core`: the float64 offsets from a reference of the values inside a window, and the values outside.
+* `split_core`: the float64 offsets from a reference of the values inside a window (into a caller's
+  buffer), and the values outside.
 * `unmasked_values`: the pixels of an image cell whose mask has none of the given bits, in raster order.
 * `smooth_symmetric`: scipy.ndimage.correlate1d along x then y with a symmetric odd kernel, restricted to
   the fully covered region, with scipy's float64 line arithmetic (x_0 w_0, then the pairs (x_-j + x_j) w_j
@@ -125,10 +126,11 @@ def float32_order_statistics(values: np.ndarray, ranks: np.ndarray) -> tuple[boo
 
 
 @numba.njit(cache=True, error_model="numpy")
-def split_core(values: np.ndarray, lo: float, hi: float, reference: float) -> tuple[np.ndarray, np.ndarray]:
-    """(float64(v) - reference for the v in [lo, hi], the other v), both in input order; branch-free."""
-    core = np.empty(values.size + 1, dtype=np.float64)  # every value is written to both, then kept in one
-    rest = np.empty(values.size + 1, dtype=values.dtype)
+def split_core(values: np.ndarray, lo: float, hi: float, reference: float, core: np.ndarray
+               ) -> tuple[int, np.ndarray]:
+    """Write float64(v) - reference for the v in [lo, hi] to core[:n] (`core`: float64, >= values.size
+    elements; the rest of it is scratch) and return (n, the other v); both in input order; branch-free."""
+    rest = np.empty(values.size + 1, dtype=values.dtype)  # every value is written to both, then kept in one
     n_core = 0
     n_rest = 0
     for i in range(values.size):
@@ -138,7 +140,7 @@ def split_core(values: np.ndarray, lo: float, hi: float, reference: float) -> tu
         rest[n_rest] = values[i]
         n_core += inside
         n_rest += 1 - inside
-    return core[:n_core], rest[:n_rest]
+    return n_core, rest[:n_rest]
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -159,15 +161,19 @@ def unmasked_values(image: np.ndarray, mask: np.ndarray, bits: int, y0: int, y1:
 @numba.njit(cache=True, error_model="numpy")
 def smooth_symmetric(image: np.ndarray, taps: np.ndarray, border: int) -> np.ndarray:
     """float32 `image` correlated with the symmetric odd `taps` (len <= 2 border + 1) along x, then y, on the
-    region shrunk by `border` on every side; float64 arithmetic and float32 rounding as scipy's correlate1d."""
+    region shrunk by `border` on every side; float64 arithmetic and float32 rounding as scipy's correlate1d.
+
+    The x-pass rows live in a ring of len(taps) rows (row r in slot r % len(taps)): output row y is made as
+    soon as x-pass rows y .. y + len(taps) - 1 exist, so no full-frame intermediate image is kept."""
     half = taps.size // 2
     height, width = image.shape
     out_width = width - 2 * border
     out_height = height - 2 * border
     centre = taps[half]
     acc = np.empty(out_width, dtype=np.float64)
-    along_x = np.empty((out_height + 2 * half, out_width), dtype=np.float32)
-    for y in range(out_height + 2 * half):
+    along_x = np.empty((taps.size, out_width), dtype=np.float32)
+    smoothed = np.empty((out_height, out_width), dtype=np.float32)
+    for y in range(out_height + 2 * half):  # x-pass row y is image row border - half + y
         row = image[border - half + y, border:]
         for x in range(out_width):
             acc[x] = np.float64(row[x]) * centre
@@ -177,35 +183,44 @@ def smooth_symmetric(image: np.ndarray, taps: np.ndarray, border: int) -> np.nda
             right = image[border - half + y, border + j:]
             for x in range(out_width):
                 acc[x] += (np.float64(left[x]) + np.float64(right[x])) * weight
+        newest = along_x[y % taps.size]
         for x in range(out_width):
-            along_x[y, x] = np.float32(acc[x])
-    smoothed = np.empty((out_height, out_width), dtype=np.float32)
-    for y in range(out_height):
-        middle = along_x[y + half]
+            newest[x] = np.float32(acc[x])
+        out_y = y - 2 * half
+        if out_y < 0:
+            continue
+        middle = along_x[(out_y + half) % taps.size]
         for x in range(out_width):
             acc[x] = np.float64(middle[x]) * centre
         for j in range(half, 0, -1):
             weight = taps[half - j]
-            below = along_x[y + half - j]
-            above = along_x[y + half + j]
+            below = along_x[(out_y + half - j) % taps.size]
+            above = along_x[(out_y + half + j) % taps.size]
             for x in range(out_width):
                 acc[x] += (np.float64(below[x]) + np.float64(above[x])) * weight
         for x in range(out_width):
-            smoothed[y, x] = np.float32(acc[x])
+            smoothed[out_y, x] = np.float32(acc[x])
     return smoothed
 
 
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _in_run(value: np.number, threshold: np.number, at_most: bool) -> bool:
+    """value <= threshold if `at_most`, else value >= threshold (False for NaN)."""
+    return value <= threshold if at_most else value >= threshold
+
+
 @numba.njit(cache=True, error_model="numpy")
-def threshold_spans(image: np.ndarray, threshold: np.number) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Runs of pixels >= threshold (a scalar of the image dtype): (row, first x, last x inclusive), int64,
-    in raster order."""
+def threshold_spans(image: np.ndarray, threshold: np.number, at_most: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of pixels >= threshold (<= threshold if `at_most`; a scalar of the image dtype): (row, first x,
+    last x inclusive), int64, in raster order."""
     height, width = image.shape
     starts_in_row = np.zeros(height, dtype=np.int64)
     for y in range(height):  # count first (branch-free), then fill the rows that have runs
         row = image[y]
-        n_starts = np.int64(row[0] >= threshold)
+        n_starts = np.int64(_in_run(row[0], threshold, at_most))
         for x in range(1, width):
-            n_starts += (row[x] >= threshold) & (not row[x - 1] >= threshold)
+            n_starts += _in_run(row[x], threshold, at_most) & (not _in_run(row[x - 1], threshold, at_most))
         starts_in_row[y] = n_starts
     n_spans = starts_in_row.sum()
     rows = np.empty(n_spans, dtype=np.int64)
@@ -218,10 +233,10 @@ def threshold_spans(image: np.ndarray, threshold: np.number) -> tuple[np.ndarray
         row = image[y]
         x = 0
         while x < width:
-            if row[x] >= threshold:
+            if _in_run(row[x], threshold, at_most):
                 rows[k] = y
                 firsts[k] = x
-                while x < width and row[x] >= threshold:
+                while x < width and _in_run(row[x], threshold, at_most):
                     x += 1
                 lasts[k] = x - 1
                 k += 1
