@@ -17,6 +17,7 @@ from processccd.detection import (
     lsst_footprint_labels,
     smooth_middle,
 )
+from processccd.pixel_kernels import threshold_spans
 
 EDGE, DETECTED, DETECTED_NEGATIVE = MASK_BITS["EDGE"], MASK_BITS["DETECTED"], MASK_BITS["DETECTED_NEGATIVE"]
 
@@ -206,6 +207,20 @@ def test_footprint_pixels_bbox_and_peaks_are_consistent() -> None:
         assert (footprints.peak_x[i], footprints.peak_y[i]) == (px[first_max], py[first_max])
 
 
+def test_footprint_runs_are_the_runs_of_the_label_image() -> None:
+    rng = np.random.default_rng(14)
+    image = star_field(rng, (300, 320), STARS[:1] + [(200.0, 150.0, 3000.0), (203.0, 153.0, 900.0)], 5.0, 1.5)
+    footprints = detect_sources(image, np.zeros(image.shape, np.int32), 1.5, DetectionConfig(bin_size=100)).footprints
+    assert len(footprints) > 0
+    expected = threshold_spans((footprints.label_image(image.shape) > 0).view(np.uint8), np.uint8(1))
+    order = np.lexsort(footprints.runs()[::-1])  # runs come footprint by footprint, spans in raster order
+    for runs, spans in zip(footprints.runs(), expected, strict=True):
+        np.testing.assert_array_equal(runs[order], spans)
+    empty = detect_sources(image, np.zeros(image.shape, np.int32), 1.5,
+                           DetectionConfig(threshold=1e9, threshold_type="value", bin_size=100)).footprints
+    assert [runs.size for runs in empty.runs()] == [0, 0, 0]
+
+
 def test_include_multiplier_keeps_only_bright_footprints() -> None:
     rng = np.random.default_rng(9)
     image = star_field(rng, (600, 640), STARS, 5.0, 1.5)
@@ -235,6 +250,13 @@ def test_negative_footprints_follow_the_include_multiplier_and_custom_bits() -> 
     assert not strict.mask[101, 101] & 1024 and strict.mask[201, 201] & 1024
     assert strict.mask[200, 206] & 1024
     assert len(loose.footprints) == len(strict.footprints) == 0
+    # the whole masks: components of smoothed <= -T reaching <= -multiplier T, grown, at full-frame offsets
+    smoothed = smooth_middle(image, 1.5, 31).astype(np.float64)
+    labels, _ = ndimage.label(smoothed <= -loose.threshold, structure=np.ones((3, 3), dtype=bool))
+    for result, multiplier in ((loose, 1), (strict, 10)):
+        negative = np.zeros(image.shape, dtype=bool)
+        negative[15:-15, 15:-15] = np.isin(labels, labels[smoothed <= -multiplier * result.threshold]) & (labels > 0)
+        np.testing.assert_array_equal((result.mask & 1024) != 0, grow_diamond(negative, int(2.4 * 1.5 + 0.5)))
 
 
 def test_min_pixels_drops_small_footprints() -> None:

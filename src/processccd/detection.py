@@ -77,6 +77,15 @@ class Footprints:
                                                        np.diff(self.pixel_offsets))
         return labels
 
+    def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, first x, last x) of the horizontal runs of footprint pixels (a run never spans two
+        footprints: horizontal neighbours are 8-connected)."""
+        new_run = np.ones(self.pixel_x.size, dtype=bool)
+        new_run[1:] = (np.diff(self.pixel_y) != 0) | (np.diff(self.pixel_x) != 1)
+        starts = np.flatnonzero(new_run)
+        lengths = np.diff(np.append(starts, new_run.size))
+        return self.pixel_y[starts], self.pixel_x[starts], self.pixel_x[starts] + lengths - 1
+
     def all_pixels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(source_index, ys, xs) of every footprint pixel, sorted by source."""
         source_index = np.repeat(np.arange(len(self)), np.diff(self.pixel_offsets))
@@ -213,19 +222,12 @@ def lsst_footprint_labels(binary: np.ndarray) -> np.ndarray:
 
 def grow_diamond(binary: np.ndarray, radius: int) -> np.ndarray:
     """Dilation by the Manhattan ball |dx| + |dy| <= radius, clipped to the array."""
-    binary = np.ascontiguousarray(binary, dtype=bool)
-    grown = np.zeros(binary.shape, dtype=np.uint8)
-    _set_grown(grown, 1, binary.view(np.uint8), radius)
-    return grown.view(bool)
-
-
-def _set_grown(mask: np.ndarray, bit: int, nonzero: np.ndarray, radius: int, offset: int = 0) -> None:
-    """Set `bit` in `mask` within Manhattan distance `radius` (clipped to `mask`) of the pixels >= 1 of the
-    non-negative integer image `nonzero`, whose pixel (0, 0) is mask pixel (offset, offset)."""
     from processccd.pixel_kernels import or_diamonds, threshold_spans
 
-    rows, firsts, lasts = threshold_spans(nonzero, nonzero.dtype.type(1))
-    or_diamonds(mask, rows + offset, firsts + offset, lasts + offset, radius, bit)
+    binary = np.ascontiguousarray(binary, dtype=bool)
+    grown = np.zeros(binary.shape, dtype=np.uint8)
+    or_diamonds(grown, *threshold_spans(binary.view(np.uint8), np.uint8(1)), radius, 1)
+    return grown.view(bool)
 
 
 def _build_footprints(
@@ -267,18 +269,23 @@ def _build_footprints(
     return Footprints(xs[first], ys[first], values[first].astype(np.float64), bbox, offsets, ys, xs)
 
 
-def _negative_mask(smoothed: np.ndarray, level: float, include_level: float) -> np.ndarray:
-    """Pixels of the negative footprints (smoothed <= -level) that reach <= -include_level somewhere."""
-    below = smoothed <= float32_at_most(-level)
+def _negative_runs(smoothed: np.ndarray, level: float, include_level: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs (row, first x, last x) of the negative footprints (smoothed <= -level) that reach <= -include_level
+    somewhere."""
+    from processccd.pixel_kernels import threshold_spans
+
     if include_level <= level:
-        return below
+        return threshold_spans(smoothed, float32_at_most(-level), True)
     strong_pixels = smoothed <= float32_at_most(-include_level)
     if not strong_pixels.any():
-        return np.zeros(smoothed.shape, dtype=bool)
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    below = smoothed <= float32_at_most(-level)
     labels, n = ndimage.label(below, structure=np.ones((3, 3), dtype=bool))
     strong = np.zeros(n + 1, dtype=bool)
     strong[labels[strong_pixels]] = True
-    return strong[labels]
+    return threshold_spans(strong[labels].view(np.uint8), np.uint8(1))
 
 
 def detect_sources(
@@ -294,6 +301,8 @@ def detect_sources(
     `mask` is not modified; the result carries an updated copy. `psf_sigma` is the PSF's adaptive-moment
     Gaussian width (pixels): it sets the smoothing kernel and the DETECTED growth radius.
     """
+    from processccd.pixel_kernels import or_diamonds
+
     config = config or DetectionConfig()
     bits = {**MASK_BITS, **(mask_bits or {})}
     edge, detected, detected_negative = bits["EDGE"], bits["DETECTED"], bits["DETECTED_NEGATIVE"]
@@ -318,14 +327,13 @@ def detect_sources(
     pixels = _label_pixels(smoothed, float32_at_least(threshold))
     footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, border)
     n_grow = int(config.n_sigma_to_grow * psf_sigma + 0.5)
-    _set_grown(mask, detected, footprints.label_image(image.shape), n_grow)
-    negative = _negative_mask(smoothed, threshold, include_level)
-    _set_grown(mask, detected_negative, negative.view(np.uint8), n_grow, offset=border)
+    or_diamonds(mask, *footprints.runs(), n_grow, detected)
+    rows, firsts, lasts = _negative_runs(smoothed, threshold, include_level)
+    or_diamonds(mask, rows + border, firsts + border, lasts + border, n_grow, detected_negative)
 
     logging.getLogger(logger_name).info(
         "Detected %d positive sources to %g sigma", len(footprints), config.threshold
     )
-    background = np.zeros(image.shape, dtype=np.float32)
     model = None
     if config.re_estimate_background:
         background_config = BackgroundConfig(bin_size=config.bin_size)
@@ -333,7 +341,7 @@ def detect_sources(
         for plane in background_config.ignored_mask_planes:
             ignore |= bits[plane]
         model = estimate_background(image, mask, ignore, config.bin_size)
-        background = model.image
+    background = np.zeros(image.shape, dtype=np.float32) if model is None else model.image
     return DetectionResult(
         footprints=footprints,
         threshold=float(threshold),
