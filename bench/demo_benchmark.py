@@ -36,16 +36,23 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-from astropy.io import fits
+# One BLAS thread, as process-ccd sets for its workers (and bench/benchmark.py's one-core figures): the in-process
+# stage timings must not count idle BLAS threads spinning. Set before numpy is imported; a user's value wins.
+# The timed commands run in the caller's environment, as a user would run them.
+CALLER_ENVIRONMENT = dict(os.environ)
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
-from processccd import __version__
-from processccd.butler import Butler
-from processccd.dataid import DataId
-from processccd.meas.shape import psf_adaptive_sigma
-from processccd.psf import SdssKLPsf
-from processccd.tasks.make_exposure import make_exposure
-from processccd.tasks.process_ccd import ProcessCcdTask
+import numpy as np  # noqa: E402
+from astropy.io import fits  # noqa: E402
+
+from processccd import __version__  # noqa: E402
+from processccd.butler import Butler  # noqa: E402
+from processccd.dataid import DataId  # noqa: E402
+from processccd.meas.shape import psf_adaptive_sigma  # noqa: E402
+from processccd.psf import SdssKLPsf  # noqa: E402
+from processccd.tasks.make_exposure import make_exposure  # noqa: E402
+from processccd.tasks.process_ccd import ProcessCcdTask  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -99,7 +106,8 @@ def run_child(command: list[str], stdout_path: Path | None = None, cwd: Path = R
     """Run `command` through the launcher, stdout to `stdout_path` (or discarded); its wall, CPU and peak RSS."""
     launcher = [sys.executable, "-I", "-S", "-c", LAUNCHER.replace("{MARKER}", MARKER), *command]
     with open(stdout_path or os.devnull, "w") as stdout:
-        result = subprocess.run(launcher, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd)
+        result = subprocess.run(launcher, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                env=CALLER_ENVIRONMENT)
     stderr = result.stderr.rstrip().splitlines()
     if result.returncode != 0 or not stderr or not stderr[-1].startswith(MARKER):
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n" + "\n".join(stderr[-20:]))
