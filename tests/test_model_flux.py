@@ -24,7 +24,14 @@ from processccd.meas.model_flux import (
     model_flux_psf_factors,
     model_fluxes,
 )
-from processccd.meas.model_flux_kernels import _evaluate, _workspace, derivative_basis_normal_equations
+from processccd.meas.model_flux_kernels import (
+    _derivative_basis,
+    _evaluate,
+    _workspace,
+    derivative_basis_normal_equations,
+    psf_image_pixels,
+    psf_model_fit,
+)
 from processccd.meas.psf_flux import psf_flux
 from processccd.psf import GaussianPsf, Psf
 
@@ -107,6 +114,52 @@ def test_derivative_basis_normal_equations_match_numpy() -> None:
     normal, rhs = derivative_basis_normal_equations(dx, dy, data, covariances)
     np.testing.assert_allclose(normal, basis @ basis.T, rtol=1e-12, atol=1e-15 * np.abs(normal).max())
     np.testing.assert_allclose(rhs, basis @ data, rtol=1e-10, atol=1e-13 * np.abs(rhs).max())
+
+
+def test_derivative_basis_equals_scalar_formulas_bit_for_bit() -> None:
+    """The basis the normal equations are formed from: each value from the same operations as a scalar loop."""
+    dy, dx = (grid.ravel() - 0.3 for grid in np.mgrid[-4:5, -4:5].astype(float))
+    covariances = np.array([[[2.0, 0.3], [0.3, 1.5]], [[8.0, 1.2], [1.2, 6.0]]])
+    basis = np.empty((12, dx.size))
+    _derivative_basis(dx, dy, covariances, basis)
+    for c, ((cxx, cxy), (_, cyy)) in enumerate(covariances):
+        det = cxx * cyy - cxy * cxy
+        ixx, ixy, iyy = cyy / det, -cxy / det, cxx / det
+        for i, (x, y) in enumerate(zip(dx.tolist(), dy.tolist(), strict=True)):
+            ux, uy = ixx * x + ixy * y, ixy * x + iyy * y
+            g = math.exp(-0.5 * (ux * x + uy * y)) * (1.0 / (2.0 * math.pi * math.sqrt(det)))
+            expected = [g, -ux * g, -uy * g, (ux * ux - ixx) * g, (ux * uy - ixy) * g, (uy * uy - iyy) * g]
+            assert basis[6 * c : 6 * c + 6, i].tolist() == expected
+
+
+def _numpy_psf_pixels(image: np.ndarray, x: float, y: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unit-sum PSF image and pixel offsets as numpy formed them before `psf_image_pixels`."""
+    size = image.shape[0]
+    grid = np.arange(size, dtype=np.float64) - size // 2
+    dx = np.tile(grid - (x - math.floor(x + 0.5)), size)
+    dy = np.repeat(grid - (y - math.floor(y + 0.5)), size)
+    return (image / image.sum()).ravel(), dx, dy
+
+
+@pytest.mark.parametrize(("x", "y"), [(50.3, 40.6), (50.5, 40.5), (49.51, 41.49), (12.0, 7.0), (1033.97, 1.02)])
+def test_psf_image_model_fit_equals_fit_on_numpy_pixels(x: float, y: float) -> None:
+    """The PSF model fitted on the pixels formed in compiled code is the fit on the numpy-formed pixels,
+    bit for bit (covariances, coefficients and Gaussian fluxes)."""
+    psf = EllipticalGaussianPsf(2.2, 0.4, 1.6)
+    config = ModelFluxConfig()
+    image = psf.compute_image(x, y)
+    expected = _numpy_psf_pixels(image, x, y)
+    for got, want in zip(psf_image_pixels(image, float(image.sum()), x, y), expected, strict=True):
+        assert got.tobytes() == want.tobytes()
+    settings = (config.psf_radius_ratio, config.psf_peak_ratio, config.psf_initial_radius, config.psf_min_radius,
+                config.psf_min_axis_ratio, config.psf_tau, config.psf_gradient_tolerance, config.max_iterations,
+                config.use_shapelet_terms)
+    reference = psf_model_fit(*expected, *settings)
+    model = fit_psf_model(psf, x, y, config, image)
+    for got, want in zip((model.covariances, model.coefficients, model.gaussian_fluxes), reference, strict=True):
+        assert got.tobytes() == want.tobytes()
+    peak_normalised = psf_image_pixels(image, 1.0, x, y)[0]  # model_flux_psf_factors's data
+    assert peak_normalised.tobytes() == image.ravel().tobytes()
 
 
 @pytest.mark.parametrize("psf", [GaussianPsf(1.4), EllipticalGaussianPsf(2.2, 0.4, 1.6)], ids=["round", "elliptical"])

@@ -23,7 +23,7 @@ ENTRY_POINTS = {
                                         "adaptive_moments_images"),
     "processccd.meas.centroid_kernels": ("sdss_centroid_sources", "gaussian_centroid_sources"),
     "processccd.meas.model_flux_kernels": ("profile_model", "fit_profile", "combo", "source_model_fluxes",
-                                           "psf_model_fit"),
+                                           "psf_image_model_fit", "psf_image_pixels"),
 }
 
 

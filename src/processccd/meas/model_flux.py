@@ -187,28 +187,16 @@ def _profile_fit(values: np.ndarray) -> ProfileFit:
 # ------------------------------------------------------------------------------------------- PSF model
 
 
-def _psf_offsets(psf: Psf, x: float, y: float, image: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unit-sum PSF image at (x, y) flattened, with pixel offsets from (x, y); `image` is
-    `psf.compute_image(x, y)` when the caller has it already."""
-    image = psf.unit_sum_image(x, y) if image is None else image / image.sum()
-    size = image.shape[0]
-    grid = np.arange(size, dtype=np.float64) - size // 2
-    dx = np.tile(grid - (x - math.floor(x + 0.5)), size)
-    dy = np.repeat(grid - (y - math.floor(y + 0.5)), size)
-    return np.ascontiguousarray(image.ravel(), dtype=np.float64), dx, dy
-
-
 def fit_psf_model(psf: Psf, x: float, y: float, config: ModelFluxConfig | None = None,
                   image: np.ndarray | None = None) -> PsfModel:
-    """multishapelet.psf at (x, y): double Gaussian ellipse fit, then the order-2 expansions (linear).
-    `image` is `psf.compute_image(x, y)` when the caller has it already."""
+    """multishapelet.psf at (x, y): double Gaussian ellipse fit, then the order-2 expansions (linear), on the
+    unit-sum PSF image. `image` is `psf.compute_image(x, y)` when the caller has it already."""
     config = config or ModelFluxConfig()
-    data, dx, dy = _psf_offsets(psf, x, y, image)
-    covariances, coefficients, gaussian_fluxes = _kernels().psf_model_fit(
-        data, dx, dy, config.psf_radius_ratio, config.psf_peak_ratio, config.psf_initial_radius,
-        config.psf_min_radius, config.psf_min_axis_ratio, config.psf_tau, config.psf_gradient_tolerance,
-        config.max_iterations, config.use_shapelet_terms)
+    image = psf.compute_image(x, y) if image is None else image
+    covariances, coefficients, gaussian_fluxes = _kernels().psf_image_model_fit(
+        image, float(image.sum()), float(x), float(y), config.psf_radius_ratio, config.psf_peak_ratio,
+        config.psf_initial_radius, config.psf_min_radius, config.psf_min_axis_ratio, config.psf_tau,
+        config.psf_gradient_tolerance, config.max_iterations, config.use_shapelet_terms)
     return PsfModel(covariances, coefficients, gaussian_fluxes)
 
 
@@ -337,8 +325,8 @@ def model_flux_psf_factors(psf: Psf, x: float, y: float, config: ModelFluxConfig
     config = config or ModelFluxConfig()
     image = psf.compute_image(x, y) if image is None else image
     psf_model = psf_model or fit_psf_model(psf, x, y, config, image)
-    _, dx, dy = _psf_offsets(psf, x, y, image)
-    pixels = _FitPixels(dx, dy, image.ravel().astype(np.float64), 1.0)
+    data, dx, dy = _kernels().psf_image_pixels(image, 1.0, float(x), float(y))
+    pixels = _FitPixels(dx, dy, data, 1.0)
     q0 = psf_model.inner * config.min_initial_radius**2
     fits = [_fit_profile(profile, psf_model, pixels, q0, config) for profile in (EXPONENTIAL, DE_VAUCOULEURS)]
     combo = math.nan

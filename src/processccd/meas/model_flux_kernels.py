@@ -547,37 +547,36 @@ def fit_region(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _derivative_basis(dx: np.ndarray, dy: np.ndarray, covariances: np.ndarray, basis: np.ndarray) -> None:
+    """Into `basis` (6K, N): the derivative bases (G, dG/dx, dG/dy, d2G/dx2, d2G/dxdy, d2G/dy2) at the offsets
+    of the unit-flux Gaussians with `covariances` (K, 2, 2), rows component major (as
+    model_flux._GaussianSet.derivative_basis). One component at a time, so that every row is written in order."""
+    for c in range(covariances.shape[0]):
+        det = covariances[c, 0, 0] * covariances[c, 1, 1] - covariances[c, 0, 1] * covariances[c, 0, 1]
+        ixx, ixy, iyy = covariances[c, 1, 1] / det, -covariances[c, 0, 1] / det, covariances[c, 0, 0] / det
+        norm = 1.0 / (2.0 * math.pi * math.sqrt(det))
+        gaussian, d_x, d_y = basis[6 * c], basis[6 * c + 1], basis[6 * c + 2]
+        d_xx, d_xy, d_yy = basis[6 * c + 3], basis[6 * c + 4], basis[6 * c + 5]
+        for i in range(dx.size):
+            x, y = dx[i], dy[i]
+            ux, uy = ixx * x + ixy * y, ixy * x + iyy * y
+            g = math.exp(-0.5 * (ux * x + uy * y)) * norm
+            gaussian[i] = g
+            d_x[i] = -ux * g
+            d_y[i] = -uy * g
+            d_xx[i] = (ux * ux - ixx) * g
+            d_xy[i] = (ux * uy - ixy) * g
+            d_yy[i] = (uy * uy - iyy) * g
+
+
+@numba.njit(cache=True, error_model="numpy")
 def derivative_basis_normal_equations(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, covariances: np.ndarray
                                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Normal equations (B B', B d) of the least-squares fit of `data` by the derivative bases
-    (G, dG/dx, dG/dy, d2G/dx2, d2G/dxdy, d2G/dy2) of the unit-flux Gaussians with `covariances` (K, 2, 2),
-    basis rows component major (as model_flux._GaussianSet.derivative_basis)."""
-    n_comp = covariances.shape[0]
-    n_basis = 6 * n_comp
-    inverses = np.empty((n_comp, 3))
-    norms = np.empty(n_comp)
-    for c in range(n_comp):
-        det = covariances[c, 0, 0] * covariances[c, 1, 1] - covariances[c, 0, 1] * covariances[c, 0, 1]
-        inverses[c, 0] = covariances[c, 1, 1] / det
-        inverses[c, 1] = -covariances[c, 0, 1] / det
-        inverses[c, 2] = covariances[c, 0, 0] / det
-        norms[c] = 1.0 / (2.0 * math.pi * math.sqrt(det))
-    basis = np.empty((n_basis, dx.size))
-    for i in range(dx.size):
-        x, y = dx[i], dy[i]
-        for c in range(n_comp):
-            ixx, ixy, iyy = inverses[c, 0], inverses[c, 1], inverses[c, 2]
-            ux, uy = ixx * x + ixy * y, ixy * x + iyy * y
-            g = math.exp(-0.5 * (ux * x + uy * y)) * norms[c]
-            basis[6 * c, i] = g
-            basis[6 * c + 1, i] = -ux * g
-            basis[6 * c + 2, i] = -uy * g
-            basis[6 * c + 3, i] = (ux * ux - ixx) * g
-            basis[6 * c + 4, i] = (ux * uy - ixy) * g
-            basis[6 * c + 5, i] = (uy * uy - iyy) * g
-    normal = np.dot(basis, basis.T)
-    rhs = np.dot(basis, data)
-    return normal, rhs
+    """Normal equations (B B', B d) of the least-squares fit of `data` by the derivative bases B
+    (`_derivative_basis`) of the unit-flux Gaussians with `covariances` (K, 2, 2)."""
+    basis = np.empty((6 * covariances.shape[0], dx.size))
+    _derivative_basis(dx, dy, covariances, basis)
+    return np.dot(basis, basis.T), np.dot(basis, data)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -855,3 +854,33 @@ def psf_model_fit(data: np.ndarray, dx: np.ndarray, dy: np.ndarray, radius_ratio
         second = (coefficients[c, 3] * cyy - coefficients[c, 4] * cxy + coefficients[c, 5] * cxx) / det
         gaussian_fluxes[c] = coefficients[c, 0] - 0.5 * second
     return covariances, coefficients, gaussian_fluxes
+
+
+@numba.njit(cache=True, error_model="numpy")
+def psf_image_pixels(image: np.ndarray, total: float, x: float, y: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data, dx, dy) of the square PSF image at (x, y) (centred on the pixel nearest (x, y), as
+    `Psf.compute_image`), row-major: the image divided by `total` (its sum) and the offsets of its pixels
+    from (x, y)."""
+    size = image.shape[0]
+    half = size // 2
+    shift_x, shift_y = x - math.floor(x + 0.5), y - math.floor(y + 0.5)
+    data, dx, dy = np.empty(size * size), np.empty(size * size), np.empty(size * size)
+    for row in range(size):
+        offset_y = float(row - half) - shift_y
+        for column in range(size):
+            i = row * size + column
+            data[i] = image[row, column] / total
+            dx[i] = float(column - half) - shift_x
+            dy[i] = offset_y
+    return data, dx, dy
+
+
+@numba.njit(cache=True, error_model="numpy")
+def psf_image_model_fit(image: np.ndarray, total: float, x: float, y: float, radius_ratio: float,
+                        peak_ratio: float, initial_radius: float, min_radius: float, min_axis_ratio: float, tau: float,
+                        gtol: float, max_iterations: int, full_psf: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`psf_model_fit` of the PSF image at (x, y) (`Psf.compute_image`) divided by `total` (its sum)."""
+    data, dx, dy = psf_image_pixels(image, total, x, y)
+    return psf_model_fit(data, dx, dy, radius_ratio, peak_ratio, initial_radius, min_radius, min_axis_ratio, tau,
+                         gtol, max_iterations, full_psf)
