@@ -40,8 +40,9 @@ from pathlib import Path
 # stage timings must not count idle BLAS threads spinning. Set before numpy is imported; a user's value wins.
 # The timed commands run in the caller's environment, as a user would run them.
 CALLER_ENVIRONMENT = dict(os.environ)
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
+from processccd.parallel import one_blas_thread_per_process  # noqa: E402
+
+one_blas_thread_per_process()
 
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402

@@ -16,10 +16,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from processccd.butler import Butler
-from processccd.config import load_config
-from processccd.dataid import parse_id_expression
-from processccd.parallel import DaskExecutor, ProcessPoolExecutor, SerialExecutor, make_jobs
+from processccd.parallel import one_blas_thread_per_process
+
+one_blas_thread_per_process()  # as process-ccd does, before numpy is imported (the executors are called directly)
+
+from processccd.butler import Butler  # noqa: E402
+from processccd.config import load_config  # noqa: E402
+from processccd.dataid import parse_id_expression  # noqa: E402
+from processccd.parallel import DaskExecutor, ProcessPoolExecutor, SerialExecutor, make_jobs  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ID = "run=4192^6377 filter=u^g^r^i^z camcol=4"

@@ -113,3 +113,14 @@ def test_the_client_reads_the_config_without_numba() -> None:
             "load_config((), ()); print('numba' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_one_blas_thread_per_process_is_a_default_that_a_user_value_overrides(monkeypatch) -> None:
+    from processccd.parallel import BLAS_THREAD_VARIABLES, one_blas_thread_per_process
+
+    for variable in BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    one_blas_thread_per_process()
+    assert os.environ["OMP_NUM_THREADS"] == "4"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"

@@ -218,6 +218,16 @@ class SerialExecutor:
 
 
 FORKSERVER_PRELOAD = ["processccd.worker_preload"]
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_blas_thread_per_process() -> None:
+    """Default the BLAS/OpenMP thread counts of this process and the processes it starts to 1 (a user's value
+    wins): one process per core does the parallel work, and BLAS threads inside each would only oversubscribe
+    the cores (the pipeline's matrix products are small). Effective in a process that has not imported numpy
+    yet, and in every process started after the call (the forkserver and its workers, Dask workers)."""
+    for variable in BLAS_THREAD_VARIABLES:
+        os.environ.setdefault(variable, "1")
 
 
 def start_worker_server() -> None:
@@ -227,6 +237,7 @@ def start_worker_server() -> None:
     import multiprocessing
     from multiprocessing import forkserver
 
+    one_blas_thread_per_process()  # before the server imports numpy
     multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
     forkserver.ensure_running()
 

@@ -308,10 +308,9 @@ def format_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
 
 def main() -> None:
     """Console-script entry point of `process-ccd`."""
-    # One process per core does the parallel work; BLAS threads inside each would only oversubscribe the
-    # cores (the pipeline's matrix products are small). Set before numpy is imported; a user's value wins.
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, "1")
+    from processccd.parallel import one_blas_thread_per_process
+
+    one_blas_thread_per_process()  # before numpy is imported
     try:
         command.main(args=join_id_tokens(sys.argv[1:]), prog_name="process-ccd")
         status = 0
