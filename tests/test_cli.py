@@ -205,6 +205,28 @@ def test_sigint_stops_cleanly_with_exit_130_and_a_rerun_completes(demo_dir, tmp_
 
 
 @pytest.mark.slow
+def test_an_interrupt_that_escapes_a_products_guard_leaves_no_temporary_file(demo_dir, tmp_path, monkeypatch):
+    """With -j 1 the interrupt is raised in the process that writes; wherever it lands (even between a temporary
+    file's creation and its guard), the run ends with no temporary file in the output repository."""
+    import tempfile
+
+    from processccd.cli.process_ccd import command
+    from processccd.tasks.process_ccd import ProcessCcdTask
+
+    def interrupted_run(self, data_id):
+        tempfile.mkstemp(prefix=".calexp-004192-u4-0300.fits.", suffix=".tmp", dir=output)
+        raise KeyboardInterrupt
+
+    output = tmp_path / "out"
+    monkeypatch.setattr(ProcessCcdTask, "run", interrupted_run)
+    with pytest.raises(SystemExit) as exit_:
+        command.main(args=[str(demo_dir / "input"), *ONE_U, "--output", str(output), "-j", "1"],
+                     prog_name="process-ccd")
+    assert exit_.value.code == 130
+    assert not [p for p in output.rglob("*") if p.name.startswith(".")]
+
+
+@pytest.mark.slow
 def test_qa_writes_pngs_and_an_index(demo_dir, tmp_path):
     output = tmp_path / "out"
     result = _cli(str(demo_dir / "input"), *ONE_U, "--output", str(output), "-j", "1", "--qa")

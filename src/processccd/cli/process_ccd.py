@@ -240,6 +240,12 @@ def execute(butler: Any, data_ids: list[Any], config: Any, *, processes: int | N
         if bar is not None:
             bar.close()
         executor.close()
+    if interrupted and executor.name == "serial":
+        # The interrupt was raised in this process, maybe between the creation of a product's temporary file and
+        # the guard that removes it. No frame runs now (pool workers ignore SIGINT and finish theirs), and the
+        # output lock is held.
+        for path in butler.remove_temporaries():
+            log.info("removed %s left by the interrupted frame", path)
     return frames, interrupted
 
 
