@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 from scipy.optimize import brentq
@@ -239,12 +239,18 @@ class NoiseReplacer:
         self._image[self._ys[part], self._xs[part]] = self._noise[part]
 
     def footprint_deltas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(footprint index, ys, xs, original - noise) of every footprint pixel.
+        """(footprint index, ys, xs, original - noise) of every footprint pixel (arrays shared by every call:
+        read them, do not modify them).
 
         With all footprints noised, adding footprint i's deltas gives the image source i is measured on:
         linear measurements of all sources can then be made at once.
         """
-        return self._index, self._ys, self._xs, self._original.astype(np.float64) - self._noise
+        return self._index, self._ys, self._xs, self._deltas
+
+    @cached_property
+    def _deltas(self) -> np.ndarray:
+        """original - noise of every footprint pixel, float64 (the measurement steps each ask for it)."""
+        return self._original.astype(np.float64) - self._noise
 
     def end(self) -> None:
         """Restore the original pixels of every footprint."""
