@@ -62,6 +62,22 @@ def test_bad_config_is_one_error_line_and_exit_2(tmp_path, override, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("words, named", [
+    (["run=4192\u2003", "filter=u"], "run='4192\\u2003'"),  # a Unicode space that int() strips
+    (["run=\u0664\u0661\u0669\u0662", "filter=u"], "run='\u0664\u0661\u0669\u0662'"),  # int() reads 4192
+    (["run=+4192", "filter=u"], "run='+4192'"),
+    (["run=-4192", "filter=u"], "run='-4192'"),
+    (["run=4_192", "filter=u"], "run='4_192'"),
+    (["run=4192", "field=300\x85camcol=4"], "field='300\\x85camcol=4'"),
+])
+def test_a_non_ascii_or_signed_id_is_one_error_line_and_exit_2(tmp_path, words, named):
+    result = _cli("input", "--id", *words, "--output", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"process-ccd: error: {named} in data id is not a non-negative integer"], result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_output_and_bad_processes_are_usage_errors(tmp_path):
     assert _cli("input", *ONE_U, cwd=tmp_path).returncode == 2
     result = _cli("input", *ONE_U, "--output", "out", "-j", "0", cwd=tmp_path)

@@ -34,6 +34,42 @@ def test_malformed_ids_name_the_problem(expression, fragment):
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize("value", [
+    "4192\u2003",  # em space after the number
+    "0\x85",  # NEL: str.split() and int() treat it as whitespace
+    "\u00a04192",  # no-break space before it
+    "41\u200992",  # thin space inside it
+    "\u0664\u0661\u0669\u0662",  # Arabic-Indic digits 4192 (int() accepts them)
+    "\uff14\uff11\uff19\uff12",  # fullwidth digits
+    "\U0001d7d2",  # mathematical bold digit 4
+    "\u00b2",  # superscript two (str.isdigit() accepts it)
+    "+4192", "-4192", "-0", "+0",
+    "4_192", "4192_", "_4192",
+    "0x10", "1e3", "4192.0",
+])
+@pytest.mark.parametrize("key", ["run", "rerun", "camcol", "field"])
+def test_integer_values_are_ascii_decimal_digits_only(key, value):
+    with pytest.raises(DataIdError) as info:
+        parse_id_expression(f"{key}={value} filter=u")
+    assert str(info.value) == f"{key}={value!r} in data id is not a non-negative integer"
+    assert "\n" not in str(info.value)  # one line, the value escaped
+
+
+@pytest.mark.parametrize("separator", ["\u2003", "\x85", "\u00a0", "\u3000"])
+def test_terms_are_separated_by_ascii_whitespace_only(separator):
+    with pytest.raises(DataIdError, match="not a non-negative integer"):
+        parse_id_expression(f"run=4192{separator}filter=u")
+    assert parse_id_expression("run=4192\tfilter=u\n camcol=4\r\n") == {"run": [4192], "filter": ["u"],
+                                                                         "camcol": [4]}
+
+
+def test_leading_zeros_and_nine_digits_are_plain_integers():
+    assert parse_id_expression("run=004192 field=000000300 camcol=06") == {"run": [4192], "field": [300],
+                                                                           "camcol": [6]}
+    with pytest.raises(DataIdError, match="not a non-negative integer"):
+        parse_id_expression("run=1000000000")
+
+
 def test_exposure_id_follows_lsst_2013():
     assert DataId(run=4192, camcol=4, field=300, filter="u").exposure_id == 4192040300
     assert DataId(run=6377, camcol=4, field=399, filter="z").exposure_id == 6377440399

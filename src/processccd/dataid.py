@@ -10,7 +10,8 @@ from processccd.errors import DataIdError
 
 FILTERS = ("u", "g", "r", "i", "z")
 KEYS = ("run", "rerun", "camcol", "field", "filter")
-_INTEGER = re.compile(r"^[0-9]{1,9}$")
+_INTEGER = re.compile(r"[0-9]{1,9}")  # ASCII digits only (str.isdigit, int() and \d accept Unicode digits)
+_SEPARATOR = re.compile(r"[ \t\n\r\f\v]+")  # ASCII whitespace only (str.split() also splits on U+0085, U+2003...)
 
 
 @dataclass(frozen=True, order=True)
@@ -51,7 +52,7 @@ def _parse_value(key: str, text: str) -> int | str:
         if text not in FILTERS:
             raise DataIdError(f"unknown filter {text!r} in data id (allowed: {', '.join(FILTERS)})")
         return text
-    if not _INTEGER.match(text):
+    if not _INTEGER.fullmatch(text):
         raise DataIdError(f"{key}={text!r} in data id is not a non-negative integer")
     value = int(text)
     if key == "camcol" and not 1 <= value <= 6:
@@ -60,8 +61,13 @@ def _parse_value(key: str, text: str) -> int | str:
 
 
 def parse_id_expression(expression: str | list[str] | tuple[str, ...]) -> dict[str, list[int | str]]:
-    """Parse `run=4192 filter=u^g camcol=4 field=300` into {key: [values]}; values validated."""
-    tokens = expression.split() if isinstance(expression, str) else [t for e in expression for t in e.split()]
+    """Parse `run=4192 filter=u^g camcol=4 field=300` into {key: [values]}; values validated.
+
+    Terms are separated by ASCII whitespace; integer values are 1-9 ASCII decimal digits (no sign, `_`,
+    Unicode digit or space), anything else raises DataIdError.
+    """
+    expressions = [expression] if isinstance(expression, str) else expression
+    tokens = [t for e in expressions for t in _SEPARATOR.split(e) if t]
     if not tokens:
         raise DataIdError("empty data id")
     values: dict[str, list[int | str]] = {}
