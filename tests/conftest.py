@@ -1,14 +1,46 @@
-"""Shared fixtures: the SDSS demo data set, fetched (and verified) into the repository root once."""
+"""Shared fixtures: the SDSS demo data set, fetched (and verified) into the repository root once; the
+Hypothesis profiles.
+
+Hypothesis profiles (property tests of the id parser, the fpM span decoder, ...):
+  ci    derandomized: the examples are a fixed function of each test, so a run fails or passes the same way
+        every time. The default of every run: plain `pytest` and `bin/run-tests.sh`; always under CI (the `CI`
+        environment variable set, as CI services do), whatever HYPOTHESIS_PROFILE says.
+  fuzz  random examples (a new seed each run), 20x as many, saved in .hypothesis/ so that a failure found
+        once is replayed first next time. For local fuzzing only: `HYPOTHESIS_PROFILE=fuzz pytest tests/...`
+        or `pytest --hypothesis-profile=fuzz tests/...` (an explicit option, which wins over both variables).
+The byte-mutation fuzz of the readers (`pytest -m fuzz`) does not use Hypothesis: its seed is fixed.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from processccd.fetch import default_mirror, fetch_demo_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+HYPOTHESIS_PROFILES = ("ci", "fuzz")
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, max_examples=20 * settings.default.max_examples,
+                          deadline=None, print_blob=True)
+
+
+def hypothesis_profile(environ: Mapping[str, str]) -> str:
+    """The profile a run uses: "ci" under CI (`CI` set and not "0"/"false"), else HYPOTHESIS_PROFILE when set
+    (one of HYPOTHESIS_PROFILES), else "ci"."""
+    if environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return "ci"
+    name = environ.get("HYPOTHESIS_PROFILE", "").strip() or "ci"
+    if name not in HYPOTHESIS_PROFILES:
+        raise pytest.UsageError(f"HYPOTHESIS_PROFILE={name!r} is not one of {', '.join(HYPOTHESIS_PROFILES)}")
+    return name
+
+
+settings.load_profile(hypothesis_profile(os.environ))
 
 
 @pytest.fixture(scope="session")

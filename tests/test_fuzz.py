@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 from astropy.io import fits
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import hypothesis_profile
 from processccd.dataid import FILTERS, KEYS, parse_id_expression
 from processccd.errors import DataIdError, ProcessCcdError
 from processccd.sdss.astrans import read_astrans
@@ -31,6 +32,46 @@ from processccd.sdss.fpc import read_fpc
 from processccd.sdss.fpm import decode_spans, rasterize_spans, read_fpm
 from processccd.sdss.psfield import read_psfield, read_psfield_stats
 from processccd.sdss.tsfield import read_tsfield
+
+# --- the Hypothesis profiles (tests/conftest.py) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("environ, profile", [
+    ({}, "ci"),
+    ({"CI": "true"}, "ci"),
+    ({"CI": "1", "HYPOTHESIS_PROFILE": "fuzz"}, "ci"),  # never random examples under CI
+    ({"CI": "false", "HYPOTHESIS_PROFILE": "fuzz"}, "fuzz"),
+    ({"HYPOTHESIS_PROFILE": "fuzz"}, "fuzz"),
+    ({"HYPOTHESIS_PROFILE": "ci"}, "ci"),
+])
+def test_hypothesis_profile_is_ci_unless_fuzz_is_asked_for_outside_ci(environ: dict[str, str], profile: str) -> None:
+    assert hypothesis_profile(environ) == profile
+
+
+def test_an_unknown_hypothesis_profile_is_refused() -> None:
+    with pytest.raises(pytest.UsageError, match="HYPOTHESIS_PROFILE='random' is not one of ci, fuzz"):
+        hypothesis_profile({"HYPOTHESIS_PROFILE": "random"})
+
+
+def _examples(profile: str) -> list[str]:
+    """The texts a property test draws under `profile`, in order."""
+    seen: list[str] = []
+
+    @settings(settings.get_profile(profile), max_examples=25)
+    @given(st.text(max_size=12))
+    def probe(text: str) -> None:
+        seen.append(text)
+
+    probe()
+    return seen
+
+
+def test_the_ci_profile_draws_the_same_examples_on_every_run() -> None:
+    first = _examples("ci")
+    assert len(set(first)) > 10 and _examples("ci") == first
+    assert settings.get_profile("ci").database is None  # no replay of examples saved by an earlier run
+    assert not settings.get_profile("fuzz").derandomize
+
 
 # --- the id parser ------------------------------------------------------------------------------------
 
