@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (once) and refresh the project's virtual environment in .venv, then fetch the demo data.
-# Sourced by bin/demo.sh and bin/run-tests.sh; EXTRAS selects optional dependencies (e.g. "test").
+# Sourced by bin/demo.sh and bin/run-tests.sh. The optional extras "all" (dask for --scheduler, matplotlib for
+# --qa) are always installed; EXTRAS adds more (e.g. "test").
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -10,10 +11,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
-stamp="$VENV/.processccd-installed${EXTRAS:+-$EXTRAS}"
+extras="all${EXTRAS:+,$EXTRAS}"
+stamp="$VENV/.processccd-installed-${extras//,/-}"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-    echo "setup: installing processccd${EXTRAS:+[$EXTRAS]} into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    echo "setup: installing processccd[$extras] into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]"
     touch "$stamp"
 fi
 "$VENV/bin/fetch-demo-data" "$ROOT"

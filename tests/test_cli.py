@@ -78,6 +78,33 @@ def test_a_non_ascii_or_signed_id_is_one_error_line_and_exit_2(tmp_path, words, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, module, extra", [
+    (["--scheduler", "tcp://127.0.0.1:8786"], "distributed", "dask"),
+    (["--qa"], "matplotlib", "qa"),
+])
+def test_an_option_without_its_extra_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys, option, module,
+                                                                  extra):
+    from processccd.cli.process_ccd import command
+
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError, as if not installed
+    with pytest.raises(ImportError):
+        __import__(module)
+    output = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        command.main(args=[str(tmp_path / "input"), "--id", "run=4192 filter=u", "--output", str(output), "-j", "1",
+                           *option], prog_name="process-ccd", standalone_mode=False)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"process-ccd: error: {option[0]} needs {module}, which is not installed: pip install 'processccd[{extra}]'"]
+    assert not output.exists()
+
+
+def test_options_with_their_extras_installed_pass_the_check():
+    from processccd.cli.process_ccd import OPTION_EXTRAS, check_extras
+
+    check_extras(dict.fromkeys(OPTION_EXTRAS, True))  # the test venv has processccd[all]
+
+
 def test_missing_output_and_bad_processes_are_usage_errors(tmp_path):
     assert _cli("input", *ONE_U, cwd=tmp_path).returncode == 2
     result = _cli("input", *ONE_U, "--output", "out", "-j", "0", cwd=tmp_path)

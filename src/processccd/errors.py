@@ -31,3 +31,9 @@ class OutputError(ProcessCcdError):
     """An output that cannot be written."""
 
     exit_code = 5
+
+
+class MissingExtraError(ProcessCcdError):
+    """An option that needs an optional dependency (a pip extra) that is not installed."""
+
+    exit_code = 2

@@ -7,6 +7,7 @@ succeeded, else the exit code of the first failure (processccd.errors), 130 when
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -18,13 +19,14 @@ from typing import Any
 import click
 
 from processccd.cli.args import join_id_tokens
-from processccd.errors import DataIdError, OutputError, ProcessCcdError
+from processccd.errors import DataIdError, MissingExtraError, OutputError, ProcessCcdError
 from processccd.logs import configure_task_logging
 
 EXIT_INTERRUPTED = 130
 RUN_LOGGER = "processCcd.run"
 CONFIG_RECORD = Path("config") / "processCcd.yaml"
 SUMMARY_HEADER = ("data id", "status", "src", "icSrc", "matches", "zero point", "apCorr", "seconds")
+OPTION_EXTRAS = {"--scheduler": ("dask", "distributed"), "--qa": ("qa", "matplotlib")}  # option: (extra, module)
 
 
 class _ProgressFilter(logging.Filter):
@@ -86,6 +88,10 @@ def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_rep
             config_files: tuple[Path, ...], show_config: bool, clobber_config: bool, clobber_output: bool,
             fail_fast: bool, qa: bool, debug: bool, verbose: bool) -> None:
     """Process SDSS frames of the INPUT repository into calibrated exposures and source catalogues."""
+    try:
+        check_extras({"--scheduler": scheduler is not None, "--qa": qa})
+    except MissingExtraError as err:
+        fail(err, debug)
     if not show_config and scheduler is None and (processes or os.cpu_count() or 1) > 1:
         from processccd.parallel import start_worker_server
 
@@ -120,6 +126,19 @@ def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_rep
                     debug=debug, progress_bar=progress_bar)
     if exit_code:
         sys.exit(exit_code)
+
+
+def check_extras(options: dict[str, bool]) -> None:
+    """Raise MissingExtraError for the first option given whose optional dependency is not installed."""
+    for option in (option for option, given in options.items() if given):
+        extra, module = OPTION_EXTRAS[option]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a broken installation, or a module without a spec
+            found = False
+        if not found:
+            raise MissingExtraError(f"{option} needs {module}, which is not installed: "
+                                    f"pip install 'processccd[{extra}]'")
 
 
 def run(input_repo: Path, output_repo: Path, expressions: list[dict[str, list[int | str]]], config: Any, *,
