@@ -1,15 +1,15 @@
 """Quick-look QA (`process-ccd --qa`): one PNG per frame and an index.html with the run summary.
 
 Per frame, three panels: the calexp (zscale) with the src positions marked; the photometric residuals
-m_ref - (ZP - 2.5 log10 flux) of the matched reference stars (from the icMatch table, when the pipeline
-wrote one); the aperture-correction map (from the apCorr YAML polynomial, else the per-source
+(ZP - 2.5 log10 flux.psf) - m_ref of the matched reference stars against m_ref (icMatch holds the reference
+side of each match and the source id, icSrc the calibrated flux.psf; they are joined on the id), with the
+zero point's scatter; the aperture-correction map (from the apCorr YAML polynomial, else the per-source
 `aperturecorrection` column of src). A missing product leaves its panel with a note instead of a plot.
 """
 
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,20 @@ def qa_png_path(output_root: Path, data_id: DataId) -> Path:
 
 def write_frame_qa(butler: Any, data_id: DataId, path: Path) -> None:
     """Draw the three QA panels of a processed frame into `path` (written atomically)."""
+    from processccd.butler import atomic_path
+
+    figure = frame_figure(butler, data_id)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=FIGURE_DPI)
+
+
+def frame_figure(butler: Any, data_id: DataId) -> Any:
+    """The matplotlib Figure of a processed frame's three QA panels (axes: calexp, residuals, apCorr)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from processccd.butler import atomic_path
     from processccd.image import read_calexp
     from processccd.table import read_source_table
 
@@ -48,13 +56,18 @@ def write_frame_qa(butler: Any, data_id: DataId, path: Path) -> None:
     axes = figure.subplots(1, 3, width_ratios=[1.6, 1.0, 1.0])
     figure.suptitle(f"{data_id}   ZP = {zero_point:.3f} mag   {len(src)} src")
     _draw_calexp(axes[0], calexp.image, src)
-    match_path = butler.path("icMatch", data_id)
-    _draw_residuals(axes[1], _read_table(match_path) if match_path.is_file() else None, zero_point)
+    match_path, icsrc_path = butler.path("icMatch", data_id), butler.path("icSrc", data_id)
+    if not match_path.is_file():
+        _draw_residuals(axes[1], "no icMatch product for this frame", calexp.header)
+    elif not icsrc_path.is_file():
+        _draw_residuals(axes[1], "no icSrc product for this frame", calexp.header)
+    else:
+        _draw_residuals(axes[1], match_residuals(_read_table(match_path), read_source_table(icsrc_path),
+                                                 zero_point), calexp.header)
     ap_corr_path = butler.path("apCorr", data_id)
     _draw_ap_corr(figure, axes[2], _read_yaml(ap_corr_path) if ap_corr_path.is_file() else None, src,
                   calexp.image.shape)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=FIGURE_DPI)
+    return figure
 
 
 def _draw_calexp(ax: Any, image: np.ndarray, src: Any) -> None:
@@ -70,56 +83,61 @@ def _draw_calexp(ax: Any, image: np.ndarray, src: Any) -> None:
     ax.set_ylabel("y [pix]")
 
 
-def _find_column(names: Sequence[str], pattern: str, exclude: str = r"err|sigma") -> str | None:
-    """The first column whose lower-case name matches `pattern` and not `exclude`."""
-    for name in names:
-        lower = name.lower()
-        if re.search(pattern, lower) and not re.search(exclude, lower):
-            return name
-    return None
+def match_residuals(matches: Any, sources: Any, zero_point: float) -> tuple[np.ndarray, np.ndarray] | str:
+    """(m_ref, m_cal - m_ref) of the matched stars with a positive flux, or a note saying why there are none.
 
-
-def match_residuals(table: Any, zero_point: float) -> tuple[np.ndarray, np.ndarray] | str:
-    """(m_ref, m_ref - m_inst) of the matched stars, or a note saying why they cannot be computed.
-
-    Accepts a reference-magnitude column (a name with "ref" and "mag") and either a source flux column
-    (flux.psf, preferred) with the calexp zero point or a source magnitude column.
+    `matches` is an icMatch table (source.id, ref.mag), `sources` the icSrc table (id, flux.psf, aperture
+    corrected like the fluxes photocal fitted); m_cal = zero_point - 2.5 log10(flux.psf).
     """
-    names = list(table.colnames)
-    ref_mag = _find_column(names, r"ref.*mag|mag.*ref")
-    if ref_mag is None:
-        return f"no reference magnitude column in icMatch ({', '.join(names[:8])}...)"
-    flux = _find_column(names, r"flux\.psf$|flux_psf$|psf_?flux$|^flux$", exclude=r"err|sigma|ref")
-    src_mag = _find_column(names, r"(src|inst).*mag|^mag$|psf_?mag", exclude=r"err|sigma|ref")
-    ref = np.asarray(table[ref_mag], dtype=float)
-    if flux is not None and np.isfinite(zero_point):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            inst = zero_point - 2.5 * np.log10(np.asarray(table[flux], dtype=float))
-    elif src_mag is not None:
-        inst = np.asarray(table[src_mag], dtype=float)
-    else:
-        return "no source flux or magnitude column in icMatch"
-    good = np.isfinite(ref) & np.isfinite(inst)
+    needed = {"icMatch": (matches.colnames, ("source.id", "ref.mag")), "icSrc": (sources.colnames, ("id", "flux.psf"))}
+    missing = [f"{name} in {table}" for table, (columns, names) in needed.items() for name in names
+               if name not in columns]
+    if missing:
+        return f"no column {', '.join(missing)}"
+    if not np.isfinite(zero_point):
+        return "no zero point (MAGZERO) in the calexp"
+    ids = np.asarray(sources["id"], dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids, sorted_flux = ids[order], np.asarray(sources["flux.psf"], dtype=float)[order]
+    match_ids = np.asarray(matches["source.id"], dtype=np.int64)
+    at = np.searchsorted(sorted_ids, match_ids)
+    joined = at < len(sorted_ids)
+    joined[joined] = sorted_ids[at[joined]] == match_ids[joined]
+    flux = np.full(len(match_ids), np.nan)
+    flux[joined] = sorted_flux[at[joined]]
+    ref = np.asarray(matches["ref.mag"], dtype=float)
+    good = joined & (flux > 0) & np.isfinite(ref)
     if not good.any():
-        return "no matched star with a finite magnitude"
-    return ref[good], ref[good] - inst[good]
+        return f"none of the {len(match_ids)} matches has an icSrc source with a positive flux.psf"
+    calibrated = zero_point - 2.5 * np.log10(flux[good])
+    return ref[good], calibrated - ref[good]
 
 
-def _draw_residuals(ax: Any, table: Any, zero_point: float) -> None:
+def zero_point_error(header: Any) -> float:
+    """The zero point's error [mag] from the calexp's FLUXMAG0 and FLUXMAG0ERR (NaN if absent)."""
+    flux_mag0, flux_mag0_err = header.get("FLUXMAG0"), header.get("FLUXMAG0ERR")
+    if flux_mag0 is None or flux_mag0_err is None or not flux_mag0 > 0:
+        return float("nan")
+    return float(flux_mag0_err) / (0.4 * np.log(10.0) * float(flux_mag0))
+
+
+def _draw_residuals(ax: Any, result: tuple[np.ndarray, np.ndarray] | str, header: Any) -> None:
     ax.set_title("photometric residuals of matched reference stars")
-    result = "no icMatch product for this frame" if table is None else match_residuals(table, zero_point)
     if isinstance(result, str):
         _note(ax, result)
         return
     ref, residual = result
     median = float(np.median(residual))
-    spread = 1.4826 * float(np.median(np.abs(residual - median)))
-    ax.scatter(ref, residual, s=12, color="tab:blue")
+    scatter = 1.4826 * float(np.median(np.abs(residual - median)))
+    ax.axhspan(median - scatter, median + scatter, color="tab:red", alpha=0.15, linewidth=0)
     ax.axhline(median, color="tab:red", linewidth=1)
-    ax.set_xlabel("reference magnitude")
-    ax.set_ylabel("m_ref - (ZP - 2.5 log10 flux.psf) [mag]")
-    ax.text(0.02, 0.97, f"{len(ref)} stars, median {median:+.3f}, MAD-sigma {spread:.3f}",
-            transform=ax.transAxes, va="top")
+    ax.scatter(ref, residual, s=12, color="tab:blue")
+    ax.set_xlabel("reference magnitude m_ref [mag]")
+    ax.set_ylabel("(ZP - 2.5 log10 flux.psf) - m_ref [mag]")
+    n_stars = header.get("ZPNSTARS")
+    used = "" if n_stars is None else f", {n_stars} used for the ZP"
+    ax.text(0.02, 0.97, f"{len(ref)} matches{used}\nmedian {median:+.3f}, scatter (1.4826 MAD) {scatter:.3f} mag\n"
+            f"ZP error {zero_point_error(header):.4f} mag", transform=ax.transAxes, va="top")
 
 
 def ap_corr_polynomial(record: Any) -> np.ndarray | None:
