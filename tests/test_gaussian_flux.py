@@ -8,8 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processccd.meas.gaussian_flux import gaussian_flux, gaussian_flux_from_moments, gaussian_flux_psf_factor
-from processccd.meas.shape import adaptive_moments
+from processccd.meas.gaussian_flux import (
+    gaussian_flux,
+    gaussian_flux_from_batch,
+    gaussian_flux_from_moments,
+    gaussian_flux_psf_factor,
+)
+from processccd.meas.shape import adaptive_moments, adaptive_moments_batch
 from processccd.psf import GaussianPsf, Psf, SdssKLPsf
 from test_shape import REAL_FRAMES, bright_isolated_stars, elliptical_gaussian
 
@@ -116,3 +121,27 @@ def test_bright_isolated_stars_match_the_expected_gaussian_flux(
         raw_err = math.sqrt(row["flux.gaussian.err"] ** 2 - (apcorr_err * corrected) ** 2) / apcorr
         ratios.append([result.flux / (corrected * scale), result.flux_err / (raw_err * scale)])
     np.testing.assert_allclose(np.median(ratios, axis=0), 1.0, atol=3e-3)
+
+
+def test_shiftmax_sets_the_flux_flag_in_the_scalar_and_the_batch_path() -> None:
+    """A star 1.5 px from the fixed centre: the weighted centroid strays 1.2 px in the iteration, so it is
+    flagged for shiftmax 1, not 10; the flux itself does not depend on shiftmax."""
+    image = elliptical_gaussian((41, 41), 21.5, 20.0, 2.0, 0.0, 2.0, 1e4)
+    moments = adaptive_moments(image, np.ones_like(image), 20.0, 20.0, shiftmax=10.0)
+    assert 1.0 < moments.max_shift < 10.0 and not (moments.unweighted or moments.maxiter)
+    loose, tight = gaussian_flux_from_moments(moments, 10.0), gaussian_flux_from_moments(moments, 1.0)
+    assert not loose.flag and tight.flag and loose.flux == tight.flux
+    batch = adaptive_moments_batch(image[None], 20.0, 20.0, shiftmax=10.0)
+    for shiftmax, flag in ((10.0, False), (1.0, True)):
+        flux, err, flags = gaussian_flux_from_batch(batch, shiftmax)
+        assert flags.tolist() == [flag]
+        assert flux[0] == pytest.approx(loose.flux, rel=1e-9) and err[0] == pytest.approx(loose.flux_err, rel=1e-9)
+
+
+def test_batch_flags_failures_like_the_scalar_path() -> None:
+    stamps = np.stack([elliptical_gaussian((41, 41), 20.0, 20.0, 2.0, 0.0, 2.0, 1e4),  # fine
+                       -elliptical_gaussian((41, 41), 20.0, 20.0, 2.0, 0.0, 2.0, 1e4)])  # negative: fails
+    flux, _, flags = gaussian_flux_from_batch(adaptive_moments_batch(stamps, 20.0, 20.0))
+    scalar = [gaussian_flux(stamp, np.ones_like(stamp), 20.0, 20.0) for stamp in stamps]
+    assert flags.tolist() == [s.flag for s in scalar] == [False, True]
+    assert np.isfinite(flux[0]) and math.isnan(flux[1])

@@ -11,6 +11,8 @@ from processccd.detection import DetectionConfig, detect_sources
 from processccd.image import Exposure, PhotoCalib
 from processccd.meas.shape import psf_adaptive_sigma
 from processccd.psf import GaussianPsf
+from processccd.table import read_source_table
+from processccd.tasks.apcorr import ApCorrStars, ApertureCorrection, apply_aperture_correction
 from processccd.tasks.measurement import MeasurementConfig, MeasurementTask
 
 SIGMA = 1.4
@@ -45,11 +47,12 @@ def synthetic_exposure(seed: int, n_side: int = 7, flux: float = 20000.0) -> tup
     return exposure, centres
 
 
-def measure(exposure: Exposure, model_fluxes: bool = True) -> dict[str, np.ndarray]:
+def measure(exposure: Exposure, model_fluxes: bool = True, **options: float) -> dict[str, np.ndarray]:
     psf_sigma = psf_adaptive_sigma(exposure.psf.compute_image(200, 200))
     config = DetectionConfig(re_estimate_background=False)
     detection = detect_sources(exposure.image, exposure.mask, psf_sigma, config)
-    return MeasurementTask(MeasurementConfig(model_fluxes=model_fluxes)).run(exposure, detection.footprints, 1)
+    measurement = MeasurementConfig(model_fluxes=model_fluxes, **options)
+    return MeasurementTask(measurement).run(exposure, detection.footprints, 1)
 
 
 def match(cols: dict[str, np.ndarray], centres: np.ndarray) -> np.ndarray:
@@ -81,6 +84,44 @@ def test_every_star_is_found_and_measured_at_its_true_position_and_flux():
     assert (cols["id"] >> 26 == exposure.exposure_id).all()
     ra, dec = exposure.wcs.pixel_to_world_values(cols["centroid.sdss.x"], cols["centroid.sdss.y"])
     np.testing.assert_allclose(cols["coord.ra"], ra)
+
+
+def test_flux_psf_raw_is_the_psf_flux_before_the_aperture_correction():
+    exposure, _ = synthetic_exposure(seed=2)
+    cols = measure(exposure, model_fluxes=False)
+    raw = cols["flux.psf.raw"].copy()
+    assert np.isfinite(raw).all()
+    np.testing.assert_array_equal(raw, cols["flux.psf"])
+    ap_corr = ApertureCorrection(0, np.array([0.98]), 0.002, 1, ApCorrStars(*(np.zeros(0),) * 7))
+    apply_aperture_correction(cols, ap_corr)
+    np.testing.assert_array_equal(cols["flux.psf.raw"], raw)
+    np.testing.assert_allclose(cols["flux.psf"], 0.98 * raw, rtol=1e-15)
+
+
+def test_gaussian_flux_shiftmax_decides_the_stored_flag():
+    """Isolated bright stars measured at their SDSS centroids: no flux.gaussian flag with the 2013 shiftmax
+    (10 px); with shiftmax 0 every star is flagged (its weighted centroid moves a little under noise), and
+    the fluxes are the same."""
+    exposure, _ = synthetic_exposure(seed=3)
+    default = measure(exposure, model_fluxes=False)
+    strict = measure(exposure, model_fluxes=False, gaussian_flux_shiftmax=0.0)
+    assert len(default["id"]) == 49
+    assert not default["flux.gaussian.flags"].any()
+    assert strict["flux.gaussian.flags"].all()
+    np.testing.assert_array_equal(strict["flux.gaussian"], default["flux.gaussian"])
+    assert not strict["shape.sdss.flags"].any()  # shape.sdss keeps its own shiftmax
+
+
+@pytest.mark.slow
+def test_demo_src_tables_store_the_raw_psf_flux_and_the_gaussian_flux_flag(demo_output):
+    for path in sorted(demo_output.glob("sci-results/*/*/*/src/src-*.fits")):
+        src = read_source_table(path)
+        raw, corrected = np.asarray(src["flux.psf.raw"]), np.asarray(src["flux.psf"])
+        assert np.isfinite(raw).all(), path.name
+        np.testing.assert_allclose(corrected, np.asarray(src["aperturecorrection"]) * raw, rtol=1e-12)
+        flags, flux = np.asarray(src["flux.gaussian.flags"]), np.asarray(src["flux.gaussian"])
+        assert flags[~np.isfinite(flux)].all(), path.name  # a NaN flux is always flagged
+        assert 0 < flags.sum() < len(src), path.name
 
 
 @pytest.mark.slow

@@ -84,6 +84,7 @@ EXTRA_SCHEMA: list[Column] = [
     Column("multishapelet.exp.psffactor", "f8", "", "PSF factor of multishapelet.exp.flux"),
     Column("multishapelet.dev.psffactor", "f8", "", "PSF factor of multishapelet.dev.flux"),
     Column("multishapelet.combo.psffactor", "f8", "", "PSF factor of multishapelet.combo.flux"),
+    Column("flux.gaussian.flags", "?", "", "flux.gaussian failed: unweighted, maxiter, shift > shiftmax or NaN"),
 ]
 
 

@@ -84,12 +84,16 @@ def _flux_scale_batch(moments: BatchMomentsResult) -> np.ndarray:
     return np.where(usable, 2.0 * math.pi * np.sqrt(np.where(usable, major * minor, 1.0)), math.nan)
 
 
-def gaussian_flux_from_batch(moments: BatchMomentsResult) -> tuple[np.ndarray, np.ndarray]:
-    """(flux, err) of `gaussian_flux_from_moments` for every stamp of a batch result."""
+def gaussian_flux_from_batch(
+    moments: BatchMomentsResult, shiftmax: float = GAUSSIAN_FLUX_SHIFTMAX
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flux, err, flag) of `gaussian_flux_from_moments` for every stamp of a batch result."""
     scale = _flux_scale_batch(moments)
     variance = moments.covariance[:, 0, 0]
     err = np.where(variance >= 0, scale * np.sqrt(np.abs(variance)), math.nan)
-    return scale * moments.i0, err
+    flux = scale * moments.i0
+    failed = moments.unweighted | moments.unweighted_bad | moments.maxiter | (moments.max_shift > shiftmax)
+    return flux, err, failed | ~np.isfinite(flux)
 
 
 def gaussian_flux_psf_factor_batch(psf_images: np.ndarray) -> np.ndarray:

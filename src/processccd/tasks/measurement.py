@@ -38,7 +38,7 @@ class MeasurementConfig:
     noise_seed: int = 1  # seed of the noise generator (GSL mt19937 + ziggurat Gaussian, as 2013)
     sinc_radius: float = 7.0  # flux.sinc aperture radius [pixels]
     shape_shiftmax: float = 2.0  # shape.sdss: largest allowed centroid shift of the weighted moments
-    gaussian_flux_shiftmax: float = 10.0  # flux.gaussian: the same for its own adaptive moments
+    gaussian_flux_shiftmax: float = 10.0  # flux.gaussian.flags: set when its moments' centroid shifted more
     model_fluxes: bool = True  # multishapelet exp / dev / combo fluxes (2013: final stage only)
     model_flux: ModelFluxConfig = field(default_factory=ModelFluxConfig)
 
@@ -178,7 +178,8 @@ class MeasurementTask:
         cols["shape.sdss.err.ixy"] = moments.err_ixy.astype(np.float32)
         cols["shape.sdss.err.iyy"] = moments.err_iyy.astype(np.float32)
         cols["shape.sdss.flags"] = moments.flag
-        cols["flux.gaussian"], cols["flux.gaussian.err"] = gaussian_flux_from_batch(moments)
+        cols["flux.gaussian"], cols["flux.gaussian.err"], cols["flux.gaussian.flags"] = gaussian_flux_from_batch(
+            moments, shiftmax=self.config.gaussian_flux_shiftmax)
         for i in moments.fallback:
             with isolated(replacer, int(i)):
                 self._shape(cols, int(i), image, variance)
@@ -196,6 +197,7 @@ class MeasurementTask:
         cols["shape.sdss.flags"][i] = shape.flag
         gauss = gaussian_flux_from_moments(shape, shiftmax=config.gaussian_flux_shiftmax)
         cols["flux.gaussian"][i], cols["flux.gaussian.err"][i] = gauss.flux, gauss.flux_err
+        cols["flux.gaussian.flags"][i] = gauss.flag
 
     def _linear_fluxes(self, cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray, psf: Psf,
                        replacer: NoiseReplacer | None) -> np.ndarray:
@@ -212,6 +214,7 @@ class MeasurementTask:
         psf_images = psf.compute_images(x, y)
         flux, err, psf_factor = psf_flux_of_stamps(data, var, np.where(inside, psf_images, 0.0))
         cols["flux.psf"], cols["flux.psf.err"], cols["flux.psf.psffactor"] = flux, err, psf_factor
+        cols["flux.psf.raw"] = flux.copy()  # kept when the aperture correction replaces flux.psf
         coefficients = shifted_sinc_coefficients_many(self.config.sinc_radius, x, y)
         cols["flux.sinc"], cols["flux.sinc.err"] = sinc_flux_of_stamps(data, var, coefficients)
         cols["flux.gaussian.psffactor"] = gaussian_flux_psf_factor_batch(psf_images)
