@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from astropy.table import Table
+from astropy.table import Table, vstack
 from click.testing import CliRunner
 
 from processccd.cli.compare import main
@@ -263,12 +264,76 @@ def test_a_nan_figure_fails_its_bound(catalog: Table) -> None:
                         "gate key psf_raw_ratio_median_snr50)"]
 
 
-def test_default_gate_is_valid() -> None:
-    bounds = {bound.key: bound for bound in load_gate(default_gate_path())}
-    assert bounds["completeness_snr10_min_per_frame"].per_frame
-    assert bounds["completeness_snr10_min_per_frame"].lower == 0.99
-    assert bounds["psf_raw_ratio_median_snr50"].lower == 0.998
-    assert bounds["centroid_offset_median_snr50_max"].upper == 0.01
+def _bright_rows(table: Table, label: str, fraction: float) -> np.ndarray:
+    """`fraction` of the S/N > 50 rows of frame `label` (at least one)."""
+    rows = frame_rows(table, label)
+    rows = rows[snr(table)[rows] > 50]
+    return rows[: max(1, round(fraction * len(rows)))]
+
+
+def _scaled(column: str, factor: float) -> Callable[[Table], Table]:
+    def perturb(table: Table) -> Table:
+        table[column] = table[column] * factor
+        return table
+    return perturb
+
+
+def _jittered(column: str, sigma: float) -> Callable[[Table], Table]:
+    def perturb(table: Table) -> Table:
+        table[column] = table[column] * (1.0 + np.random.default_rng(11).normal(0.0, sigma, len(table)))
+        return table
+    return perturb
+
+
+def _flipped(column: str) -> Callable[[Table], Table]:
+    def perturb(table: Table) -> Table:  # 2 % of the rows
+        table[column][::50] = ~table[column][::50]
+        return table
+    return perturb
+
+
+def _dropped(table: Table) -> Table:  # 3 % of the bright sources of 4192 r lost
+    keep = np.ones(len(table), dtype=bool)
+    keep[_bright_rows(table, "4192 r", 0.03)] = False
+    return table[keep]
+
+
+def _spurious(table: Table) -> Table:  # 3 % of the bright sources of 6377 r doubled 3" away
+    extra = table[_bright_rows(table, "6377 r", 0.03)]
+    extra["coord.ra"] += 3 * ARCSEC / np.cos(np.radians(extra["coord.dec"]))
+    extra["id"] += 100_000
+    return vstack([table, extra])
+
+
+def _shifted(table: Table) -> Table:
+    table["centroid.sdss.x"] = table["centroid.sdss.x"] + 0.02
+    return table
+
+
+# one regression of each kind the default gate guards against, and the gate key that must catch it
+REGRESSIONS = {
+    "lost sources": (_dropped, "completeness_snr10_min_per_frame"),
+    "spurious sources": (_spurious, "purity_snr10_min_per_frame"),
+    "flux.psf 0.3 % high": (_scaled("flux.psf", 1.003), "psf_raw_ratio_median_snr50"),
+    "flux.psf 1 % noise": (_jittered("flux.psf", 0.01), "psf_raw_ratio_scatter_snr50_max"),
+    "flux.sinc 0.3 % low": (_scaled("flux.sinc", 0.997), "sinc_ratio_median_snr50"),
+    "flux.sinc 1 % noise": (_jittered("flux.sinc", 0.01), "sinc_ratio_scatter_snr50_max"),
+    "ixx 1 % noise": (_jittered("shape.sdss.ixx", 0.01), "ixx_ratio_scatter_snr50_max"),
+    "iyy 1 % noise": (_jittered("shape.sdss.iyy", 0.01), "iyy_ratio_scatter_snr50_max"),
+    "centroids 0.02 px off": (_shifted, "centroid_offset_median_snr50_max"),
+    **{f"{flag} flipped": (_flipped(f"flags.{flag}"), f"agree_{flag.removeprefix('pixel.').replace('.', '_')}_all_min")
+       for flag in ("badcentroid", "pixel.edge", "pixel.interpolated.any", "pixel.interpolated.center",
+                    "pixel.saturated.any", "pixel.saturated.center")},
+}
+
+
+@pytest.mark.parametrize("regression", list(REGRESSIONS))
+def test_the_default_gate_fails_each_kind_of_regression(catalog: Table, regression: str) -> None:
+    perturb, key = REGRESSIONS[regression]
+    gate = load_gate(default_gate_path())
+    assert check_gate(compare_lists(catalog, catalog), gate) == []
+    failures = check_gate(compare_lists(perturb(catalog.copy()), catalog), gate)
+    assert any(line.endswith(f"gate key {key})") for line in failures), failures
 
 
 def write(table: Table, path: Path) -> Path:
