@@ -20,6 +20,7 @@ from processccd.qa import (
     qa_png_path,
     write_frame_qa,
     write_index,
+    zero_point_error,
 )
 
 DATA_ID = DataId(run=4192, camcol=4, field=300, filter="r", rerun=40)
@@ -119,6 +120,14 @@ def test_match_residuals_join_on_the_source_id():
     np.testing.assert_allclose(residual, [ZERO_POINT - 2.5 - 25.5, ZERO_POINT - 5.0 - 23.0])
     assert match_residuals(matches, Table({"id": ids}), ZERO_POINT) == "no column flux.psf in icSrc"
     assert "none of the 1 matches" in match_residuals(matches[3:], sources, ZERO_POINT)
+
+
+def test_zero_point_error_from_fluxmag0_and_its_error():
+    header = fits.Header()
+    assert np.isnan(zero_point_error(header))
+    header["FLUXMAG0"] = 10 ** (0.4 * ZERO_POINT)
+    header["HIERARCH FLUXMAG0ERR"] = 0.4 * np.log(10.0) * header["FLUXMAG0"] * 0.0125  # as image.py writes it
+    assert zero_point_error(header) == pytest.approx(0.0125, rel=1e-12)
 
 
 def test_standard_polynomial_order():
