@@ -31,3 +31,7 @@ class OutputError(ProcessCcdError):
     """An output that cannot be written."""
 
     exit_code = 5
+
+
+class MissingInputError(InputError):
+    """An input that a fallback can replace is absent (an asTrans file, or its HDU or row for a frame)."""
