@@ -136,7 +136,7 @@ def observation_time_cards(mjd_row0: float, fpc: FpcFrame, height: int, fpc_path
     row_seconds = header_number(fpc.header, "C_OBS", fpc_path, "the primary header",  # [us] per row
                                 default=fpc.exptime / 2048 * 1e6) * 1e-6
     mid = mjd_row0 + (row_seconds * (height - 1) / 2.0 - fpc.exptime / 2.0) / SECONDS_PER_DAY
-    date = MJD_EPOCH + datetime.timedelta(days=mid)
+    date = MJD_EPOCH + datetime.timedelta(milliseconds=round(mid * SECONDS_PER_DAY * 1000.0))
     return {
         "TIMESYS": ("TAI", "time scale of MJD-AVG, DATE-AVG and MJD"),
         "MJD-AVG": (mid, "[d] MJD (TAI) mid-exposure, mean over the rows"),
