@@ -139,3 +139,11 @@ def test_demo_layout_and_csv_round_trip(demo_dir: Path, demo_output: Path, tmp_p
         assert len(matches[0]) >= 10
         for column in ("source.id", "ref.ra", "ref.dec", "ref.mag", "ref.mag.err", "distance"):
             np.testing.assert_array_equal(matches[0][column], matches[1][column])
+
+
+def test_refcat_option_sets_the_catalogue_path(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", "from processccd.cli.process_ccd import main; main()",
+                           "--refcat", "mine.fits", "--show-config"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"path: {tmp_path.resolve() / 'mine.fits'}" in done.stdout  # absolute: workers may run elsewhere
