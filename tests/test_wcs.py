@@ -182,3 +182,18 @@ def test_fpc_header_wcs_agrees_with_astrans(demo_dir: Path, run: int, field: int
     shifted = wcs.deepcopy()
     shifted.wcs.crpix = shifted.wcs.crpix + 1.0
     assert wcs_max_error_mas(shifted, transform.pixel_to_sky) > 500.0
+
+
+@pytest.mark.slow
+def test_no_astrans_and_no_header_wcs_is_one_error_naming_both(demo_dir: Path, tmp_path: Path) -> None:
+    from fault_data import FPC_Z, edit_fits, mirror_input
+    from processccd.butler import Butler
+    from processccd.dataid import DataId
+    from processccd.tasks.make_exposure import make_exposure
+
+    repo = mirror_input(demo_dir / "input", tmp_path / "input")
+    (repo / "4192" / "40" / "astrom" / "asTrans-004192.fit").unlink()
+    edit_fits(repo, FPC_Z, lambda hdul: hdul[0].header.remove("CD2_1"))
+    with pytest.raises(InputError, match="asTrans-004192.fit: asTrans file not found; and .*fpC-004192-z4-0300"
+                                         r".fit.gz: no WCS in the fpC header \(keyword\(s\) CD2_1 missing\)"):
+        make_exposure(Butler(repo), DataId(4192, 4, 300, "z", 40))

@@ -121,7 +121,10 @@ def exposure_wcs(butler: Butler, data_id: DataId, fpc: FpcFrame, width: int, hei
     except MissingInputError as err:
         if source == "asTrans":
             raise
-        wcs = wcs_from_fpc_header(fpc.header, fpc_path, width, height)
+        try:
+            wcs = wcs_from_fpc_header(fpc.header, fpc_path, width, height)
+        except InputError as header_err:
+            raise InputError(f"{err}; and {header_err}") from header_err
         log.warning("%s; using the TAN WCS of the fpC header (%s)", err, fpc_path.name)
         return wcs, WCS_FROM_FPC
     return fit_tan_sip(astrans.pixel_to_sky, width=width, height=height, sip_degree=sip_degree), WCS_FROM_ASTRANS
