@@ -26,7 +26,7 @@ from processccd.errors import InputError, ProcessCcdError
 def command(tables: tuple[Path, ...], output: Path | None, all_types: bool, fpc_files: tuple[Path, ...],
             margin: float) -> None:
     """Build a reference catalogue from CSV or FITS TABLES of SDSS stars (objID, ra, dec, psfMag_u..z,
-    psfMagErr_u..z; or the stars.fits names id, ra, dec, u..z, u_err..z_err)."""
+    psfMagErr_u..z; or the stars.fits names sdssid, ra, dec, u..z, u_err..z_err and optionally id)."""
     from processccd.refcat_build import build_refcat, footprint_box, skyserver_sql, write_refcat
 
     try:
