@@ -162,3 +162,106 @@ def constant_fpc(repo: Path, value: int) -> None:
     """The z fpC with every pixel `value` DN (uint16 via BZERO as in real fpC files)."""
     _fpc_image(repo, FPC_Z, np.full((1489, 2048), value, np.float64).astype(np.uint16))
 
+
+
+# --- unfamiliar frames (issue 13 item 4): inputs the demo never shows, each with a documented outcome --------
+TRAIL_ROWS = (150, 1250)  # a saturated star's bleed trail across the detection region of the z frame (rows,
+TRAIL_COLUMNS = (699, 707)  # columns, inclusive), the star's core at its middle
+TRAIL_DN = 60000.0  # raw DN on the trail (above the 4192 z saturation level), pedestal included
+
+
+def astrans_ending_before(repo: Path, first_missing: int) -> None:
+    """The run's asTrans ends before field `first_missing` (a field at the end of a run): every HDU loses it."""
+    def edit(hdul: fits.HDUList) -> None:
+        for index in range(1, len(hdul)):
+            table = hdul[index]
+            hdul[index] = fits.BinTableHDU(table.data[table.data["field"] < first_missing], header=table.header)
+
+    edit_fits(repo, ASTRANS, edit)
+
+
+def bleed_trail(repo: Path) -> None:
+    """A saturated star with a vertical bleed trail in the z fpC, and its SATUR spans in the fpM."""
+    (row0, row1), (col0, col1) = TRAIL_ROWS, TRAIL_COLUMNS
+    centre_row, centre_col = (row0 + row1) // 2, (col0 + col1) // 2
+
+    def edit_fpc(hdul: fits.HDUList) -> fits.HDUList:
+        image = hdul[0].data.astype(np.float64)  # uint16 DN (BZERO applied)
+        yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+        image += 2.0e5 * np.exp(-((yy - centre_row) ** 2 + (xx - centre_col) ** 2) / (2 * 3.0**2))
+        image[row0 : row1 + 1, col0 + 2 : col1 - 1] = TRAIL_DN
+        header = hdul[0].header.copy()
+        for key in ("BZERO", "BSCALE"):
+            header.remove(key, ignore_missing=True)
+        return fits.HDUList([fits.PrimaryHDU(np.minimum(image, 65535).astype(np.uint16), header=header)])
+
+    edit_fits(repo, FPC_Z, edit_fpc)
+
+    def edit_fpm(hdul: fits.HDUList) -> None:
+        names = [name.strip() for name in hdul[-1].data["attributeName"]]
+        hdu = int(hdul[-1].data["Value"][names.index("S_MASK_SATUR")]) + 1
+        old = hdul[hdu].data
+        rows = np.arange(row0, row1 + 1)
+        spans = np.column_stack([rows, np.full_like(rows, col0), np.full_like(rows, col1)]).astype(">i2")
+        new = {"refcntr": 1, "nspan": len(rows), "row0": 0, "col0": 0, "rmin": row0, "rmax": row1, "cmin": col0,
+               "cmax": col1, "npix": len(rows) * (col1 - col0 + 1)}
+        columns = [fits.Column(name=name, format="1J", array=np.append(old[name], value))
+                   for name, value in new.items()]
+        s = [np.asarray(v, dtype=np.uint8) for v in old["s"]] + [np.frombuffer(spans.tobytes(), dtype=np.uint8)]
+        columns.append(fits.Column(name="s", format="PB()", array=np.array(s, dtype=object)))
+        hdul[hdu] = fits.BinTableHDU.from_columns(columns)
+
+    edit_fits(repo, FPM_Z, edit_fpm)
+
+
+def other_camcol(repo: Path, camcol: int, gain: float) -> None:
+    """Copies of the 4192 field-300 z frame's fpC, fpM, psField and tsField as camcol `camcol` (headers
+    changed), the tsField z gain set to `gain`: a camcol and a gain the demo never shows."""
+    def rename(relpath: str) -> str:
+        return (relpath.replace("/4/", f"/{camcol}/").replace("z4-", f"z{camcol}-")
+                .replace("-4-", f"-{camcol}-"))
+
+    for relpath in (FPC_Z, FPM_Z, PSFIELD, TSFIELD):
+        target = repo / rename(relpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to((repo / relpath).resolve())
+
+    def set_camcol(hdul: fits.HDUList) -> None:
+        hdul[0].header["CAMCOL"] = camcol
+
+    def set_camcol_and_gain(hdul: fits.HDUList) -> None:
+        set_camcol(hdul)
+        hdul[1].data["gain"][0][Z_INDEX] = gain
+
+    for relpath, edit in ((FPC_Z, set_camcol), (PSFIELD, set_camcol), (TSFIELD, set_camcol_and_gain)):
+        edit_fits(repo, rename(relpath), edit)
+
+
+def refcat_subset(stars_fits: Path, destination: Path, keep: Callable[[fits.FITS_rec], np.ndarray],
+                  dec_shift: float = 0.0) -> Path:
+    """The rows of stars.fits that `keep` selects, Dec moved by `dec_shift` degrees, in the same layout."""
+    with fits.open(stars_fits) as hdul:
+        data = hdul[1].data[keep(hdul[1].data)].copy()
+        data["dec"] = data["dec"] + dec_shift
+        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(data, header=hdul[1].header)]).writeto(destination)
+    return destination
+
+
+def stars_in_frame(relpath: str, repo: Path, magnitude: tuple[float, float], n: int, band: str = "z",
+                   margin: float = 100.0) -> Callable[[fits.FITS_rec], np.ndarray]:
+    """A `refcat_subset` selection: the first `n` stars of the catalogue with `band` in `magnitude` that lie
+    inside the frame of the fpC at `relpath` (its header WCS), `margin` pixels from the edges."""
+    from processccd.wcs import wcs_from_fpc_header
+
+    header = fits.getheader(repo / relpath)
+    wcs = wcs_from_fpc_header(header, relpath)
+
+    def keep(data: fits.FITS_rec) -> np.ndarray:
+        x, y = wcs.all_world2pix(np.mod(data["ra"], 360.0), data["dec"], 0)
+        inside = (x > margin) & (x < 2048 - margin) & (y > margin) & (y < 1361 - margin)
+        chosen = np.flatnonzero(inside & (data[band] > magnitude[0]) & (data[band] < magnitude[1]))[:n]
+        selected = np.zeros(len(data), dtype=bool)
+        selected[chosen] = True
+        return selected
+
+    return keep

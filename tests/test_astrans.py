@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from processccd.errors import InputError
+from processccd.errors import InputError, MissingInputError
 from processccd.sdss.astrans import AsTrans, read_astrans
 
 FILTER_INDEX = {"u": 0, "g": 1, "r": 2, "i": 3, "z": 4}
@@ -175,12 +175,35 @@ def test_reader_errors_name_file_and_problem(tmp_path: Path, kwargs: dict, args:
     assert str(info.value).startswith(f"{path}: ")
 
 
-def test_reader_detects_field_column_mismatch(tmp_path: Path) -> None:
+def test_reader_finds_the_row_by_its_field_column(tmp_path: Path) -> None:
+    """Row field - FIELD0 holding another field: the row is looked up by the field column; a field no row holds
+    is missing (MissingInputError, which make_exposure replaces by the fpC header WCS); two rows are an error."""
     path = write_astrans(tmp_path / "asTrans.fit")
     with fits.open(path, mode="update") as hdul:
-        hdul[1].data["field"][2] = 99
-    with pytest.raises(InputError, match="row 2 holds field 99, expected 13"):
+        hdul[1].data["field"][2] = 99  # row of field 13 now claims field 99
+    assert read_astrans(path, 1, "r", 99).a == 1000.0 + 13  # column a keeps the row's original field
+    with pytest.raises(MissingInputError, match="field 13 missing from HDU 1"):
         read_astrans(path, 1, "r", 13)
+    assert read_astrans(path, 1, "r", 14).a == 1000.0 + 14
+    with fits.open(path, mode="update") as hdul:
+        hdul[1].data["field"][3] = 99
+    with pytest.raises(InputError, match="holds 2 rows of field 99"):
+        read_astrans(path, 1, "r", 99)
+
+
+@pytest.mark.parametrize("args", [(1, "r", 10), (1, "r", 16), (3, "r", 12)])
+def test_reader_missing_field_or_camcol_is_a_missing_input(tmp_path: Path, args: tuple) -> None:
+    path = write_astrans(tmp_path / "asTrans.fit")
+    with pytest.raises(MissingInputError):
+        read_astrans(path, *args)
+
+
+def test_reader_missing_hdu_is_a_missing_input(tmp_path: Path) -> None:
+    path = write_astrans(tmp_path / "asTrans.fit")
+    with fits.open(path) as hdul:
+        fits.HDUList(hdul[:8]).writeto(tmp_path / "short.fit")
+    with pytest.raises(MissingInputError, match="HDU 8 .camcol 2 filter u. missing"):
+        read_astrans(tmp_path / "short.fit", 2, "u", 12)
 
 
 def test_reader_missing_or_corrupt_file(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS, Sip
 
+from processccd.errors import InputError
 from processccd.sdss.astrans import AsTrans, read_astrans
-from processccd.wcs import fit_tan_sip, wcs_max_error_mas
+from processccd.wcs import fit_tan_sip, wcs_from_fpc_header, wcs_max_error_mas
 
 PIXEL_DEG = 0.396 / 3600.0
 FRAMES = [(run, field, band) for run, field in [(4192, 300), (6377, 399)] for band in "ugriz"]
@@ -135,3 +136,64 @@ def test_lower_sip_degree_is_honoured() -> None:
     assert fit_tan_sip(DISTORTED.pixel_to_sky, sip_degree=0).sip is None
 
 
+
+
+# --- the fpC header's TAN WCS (the fallback without asTrans) ---------------------------------------------
+FPC_CARDS = {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 1024.5, "CRPIX2": 744.5,
+             "CRVAL1": 351.648396, "CRVAL2": 0.1036482, "CD1_1": -1.85e-08, "CD1_2": 1.0999e-04,
+             "CD2_1": 1.0995e-04, "CD2_2": -6.7e-09}  # 4192 g (rounded)
+
+
+def test_fpc_header_wcs_keeps_the_fits_pixel_convention() -> None:
+    """CRPIX is 1-based: our pixel centre (CRPIX - 1) is CRVAL; a step of one pixel in x is the CD column 1."""
+    wcs = wcs_from_fpc_header(FPC_CARDS, "fpC.fit")
+    ra, dec = wcs.pixel_to_world_values(1023.5, 743.5)
+    assert (float(ra), float(dec)) == pytest.approx((351.648396, 0.1036482), abs=1e-12)
+    ra1, dec1 = wcs.pixel_to_world_values(1024.5, 743.5)  # +1 column: Dec grows by CD2_1
+    assert float(dec1) - float(dec) == pytest.approx(1.0995e-04, rel=1e-6)
+    assert (float(ra1) - float(ra)) * np.cos(np.radians(float(dec))) == pytest.approx(-1.85e-08, abs=1e-10)
+    assert wcs.pixel_shape == (2048, 1361)
+    assert wcs.wcs.ctype[0] == "RA---TAN" and not wcs.has_distortion
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"CD2_1": None}, "CD2_1 missing"),
+    ({"CTYPE1": "RA---SIN"}, "expected RA---TAN"),
+    ({"CRVAL1": "nan"}, "CRVAL1 = 'nan' is not a finite number"),
+    ({"CD1_1": 0.0, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 0.0}, "singular CD"),
+])
+def test_fpc_header_wcs_errors_name_the_file(change: dict, message: str) -> None:
+    cards = {key: value for key, value in {**FPC_CARDS, **change}.items() if value is not None}
+    with pytest.raises(InputError, match=message) as info:
+        wcs_from_fpc_header(cards, Path("/data/fpC-x.fit.gz"))
+    assert str(info.value).startswith("/data/fpC-x.fit.gz: ")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run, field, band", FRAMES)
+def test_fpc_header_wcs_agrees_with_astrans(demo_dir: Path, run: int, field: int, band: str) -> None:
+    """sdss-inputs.md §1: the header WCS is the asTrans solution to < 0.1" on the trimmed frame; with CRPIX read
+    as 0-based it would be one pixel (0.56") off."""
+    root = demo_dir / "input" / str(run) / "40"
+    transform = read_astrans(root / "astrom" / f"asTrans-{run:06d}.fit", 4, band, field)
+    header = fits.getheader(root / "corr" / "4" / f"fpC-{run:06d}-{band}4-{field:04d}.fit.gz")
+    wcs = wcs_from_fpc_header(header, "fpC")
+    assert wcs_max_error_mas(wcs, transform.pixel_to_sky) < 100.0
+    shifted = wcs.deepcopy()
+    shifted.wcs.crpix = shifted.wcs.crpix + 1.0
+    assert wcs_max_error_mas(shifted, transform.pixel_to_sky) > 500.0
+
+
+@pytest.mark.slow
+def test_no_astrans_and_no_header_wcs_is_one_error_naming_both(demo_dir: Path, tmp_path: Path) -> None:
+    from fault_data import FPC_Z, edit_fits, mirror_input
+    from processccd.butler import Butler
+    from processccd.dataid import DataId
+    from processccd.tasks.make_exposure import make_exposure
+
+    repo = mirror_input(demo_dir / "input", tmp_path / "input")
+    (repo / "4192" / "40" / "astrom" / "asTrans-004192.fit").unlink()
+    edit_fits(repo, FPC_Z, lambda hdul: hdul[0].header.remove("CD2_1"))
+    with pytest.raises(InputError, match="asTrans-004192.fit: asTrans file not found; and .*fpC-004192-z4-0300"
+                                         r".fit.gz: no WCS in the fpC header \(keyword\(s\) CD2_1 missing\)"):
+        make_exposure(Butler(repo), DataId(4192, 4, 300, "z", 40))

@@ -37,3 +37,7 @@ class MissingExtraError(ProcessCcdError):
     """An option that needs an optional dependency (a pip extra) that is not installed."""
 
     exit_code = 2
+
+
+class MissingInputError(InputError):
+    """An input that a fallback can replace is absent (an asTrans file, or its HDU or row for a frame)."""

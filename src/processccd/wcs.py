@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS, Sip
 
-from processccd.errors import CalibrationError
+from processccd.errors import CalibrationError, InputError
 
 FRAME_WIDTH = 2048  # trimmed SDSS frame, columns (x)
 FRAME_HEIGHT = 1361  # trimmed SDSS frame, rows (y)
@@ -133,3 +135,42 @@ def wcs_max_error_mas(
     ra_exact, dec_exact = transform(x, y)
     separation = SkyCoord(ra_wcs, dec_wcs, unit="deg").separation(SkyCoord(ra_exact, dec_exact, unit="deg"))
     return float(separation.max().to_value("mas"))
+
+
+FPC_WCS_KEYS = ("CTYPE1", "CTYPE2", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
+
+
+def wcs_from_fpc_header(header: Mapping[str, Any], path: Path | str, width: int = FRAME_WIDTH,
+                        height: int = FRAME_HEIGHT) -> WCS:
+    """The linear TAN WCS of an fpC primary header (CTYPE, CRPIX, CRVAL, CD), for the trimmed frame.
+
+    The fpC's CRPIX are FITS pixels (1-based: pixel centre x = 0 is X = 1), the convention of the calexp
+    WCS too, and trimming the overlap rows at the top keeps the origin, so the cards carry over unchanged
+    (bench/header_wcs.py measures the agreement with asTrans). A missing, non-numeric or non-TAN card, or
+    a singular CD matrix, raises InputError naming the file.
+    """
+    missing = [key for key in FPC_WCS_KEYS if key not in header]
+    if missing:
+        raise InputError(f"{path}: no WCS in the fpC header (keyword(s) {', '.join(missing)} missing)")
+    ctype = (str(header["CTYPE1"]).strip(), str(header["CTYPE2"]).strip())
+    if ctype != ("RA---TAN", "DEC--TAN"):
+        raise InputError(f"{path}: fpC header WCS has CTYPE {ctype[0]!r}, {ctype[1]!r}, expected RA---TAN, DEC--TAN")
+    values = {}
+    for key in FPC_WCS_KEYS[2:]:
+        value = header[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise InputError(f"{path}: fpC header WCS keyword {key} = {value!r} is not a finite number")
+        values[key] = float(value)
+    cd = np.array([[values["CD1_1"], values["CD1_2"]], [values["CD2_1"], values["CD2_2"]]])
+    if np.linalg.det(cd) == 0.0:
+        raise InputError(f"{path}: fpC header WCS has a singular CD matrix")
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = list(ctype)
+    wcs.wcs.crpix = [values["CRPIX1"], values["CRPIX2"]]
+    wcs.wcs.crval = [values["CRVAL1"], values["CRVAL2"]]
+    wcs.wcs.cd = cd
+    wcs.wcs.cunit = ["deg", "deg"]
+    wcs.wcs.radesys = "ICRS"
+    wcs.pixel_shape = (width, height)
+    wcs.wcs.set()
+    return wcs

@@ -8,6 +8,7 @@ succeeded, else the exit code of the first failure (processccd.errors), 130 when
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -75,6 +76,8 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
               help="Override one config value (YAML-typed), e.g. detection.threshold=4.5 (repeatable).")
 @click.option("--config-file", "config_files", multiple=True, type=click.Path(path_type=Path),
               help="YAML file of config overrides (repeatable; applied before --config).")
+@click.option("--refcat", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Reference catalogue (stars.fits layout, see make-refcat); sets calibrate.reference_catalog.path.")
 @click.option("--show-config", is_flag=True, help="Print the configuration in force and exit.")
 @click.option("--clobber-config", is_flag=True,
               help="Accept a config that differs from the one recorded in the output repository.")
@@ -85,8 +88,8 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level logging.")
 def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_repo: Path | None,
             processes: int | None, scheduler: str | None, config_overrides: tuple[str, ...],
-            config_files: tuple[Path, ...], show_config: bool, clobber_config: bool, clobber_output: bool,
-            fail_fast: bool, qa: bool, debug: bool, verbose: bool) -> None:
+            config_files: tuple[Path, ...], refcat: Path | None, show_config: bool, clobber_config: bool,
+            clobber_output: bool, fail_fast: bool, qa: bool, debug: bool, verbose: bool) -> None:
     """Process SDSS frames of the INPUT repository into calibrated exposures and source catalogues."""
     try:
         check_extras({"--scheduler": scheduler is not None, "--qa": qa})
@@ -100,6 +103,8 @@ def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_rep
 
     progress_bar = sys.stderr.isatty()
     configure_logging(verbose, progress_bar)
+    if refcat is not None:  # absolute, so that workers with another working directory find it
+        config_overrides = (*config_overrides, f"calibrate.reference_catalog.path={json.dumps(str(refcat.resolve()))}")
     try:
         config = load_config(config_files, config_overrides)
     except ConfigError as err:

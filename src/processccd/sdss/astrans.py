@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from processccd.errors import InputError
+from processccd.errors import InputError, MissingInputError
 from processccd.sdss import header_number, header_text, open_fits
 
 SDSS_PIXEL_OFFSET = 0.5  # SDSS row/col = our 0-based pixel-centre coordinate + 0.5
@@ -77,6 +77,23 @@ class AsTrans:
         return self.great_circle_to_sky(*self.pixel_to_great_circle(x, y, offset))
 
 
+def _field_row(fields: np.ndarray, field: int, field0: int, path: Path, where: str) -> int:
+    """The index of `field`'s row: row field - FIELD0 as written, else the one row whose `field` column holds
+    it. No such row (a field before the first or after the last of the run's solution) is MissingInputError."""
+    if fields.ndim != 1 or fields.dtype.kind not in "iu":
+        raise InputError(f"{path}: the field column of {where} does not hold one integer per row")
+    row_index = field - field0
+    if 0 <= row_index < len(fields) and fields[row_index] == field:
+        return row_index
+    rows = np.flatnonzero(fields == field)
+    if len(rows) == 0:
+        span = f"fields {int(fields.min())}-{int(fields.max())}" if len(fields) else "no rows"
+        raise MissingInputError(f"{path}: field {field} missing from {where} (FIELD0 {field0}, {span})")
+    if len(rows) > 1:
+        raise InputError(f"{path}: {where} holds {len(rows)} rows of field {field}")
+    return int(rows[0])
+
+
 _COLUMNS = ("a", "b", "c", "d", "e", "f", *(f"dRow{i}" for i in range(4)), *(f"dCol{i}" for i in range(4)), "csRow",
             "csCol", "ccRow", "ccCol", "riCut", "mjd", "airmass", "muErr", "nuErr")
 
@@ -93,11 +110,14 @@ def read_astrans(path: str | Path, camcol: int, filter: str, field: int) -> AsTr
         incl = header_number(primary, "INCL", path, primary_where)
         field0 = header_number(primary, "FIELD0", path, primary_where, int)
         if str(camcol) not in camcols:
-            raise InputError(f"{path}: camcol {camcol} not in CAMCOLS {' '.join(camcols)}")
+            raise MissingInputError(f"{path}: camcol {camcol} not in CAMCOLS {' '.join(camcols)}")
         if filter not in filters:
             raise InputError(f"{path}: filter {filter!r} not in FILTERS {' '.join(filters)}")
         hdu_index = camcols.index(str(camcol)) * len(filters) + filters.index(filter) + 1
         where = f"HDU {hdu_index}"
+        if hdu_index >= len(fits_file):
+            raise MissingInputError(f"{path}: {where} (camcol {camcol} filter {filter}) missing "
+                                    f"({len(fits_file)} HDUs)")
         table = fits_file.table(hdu_index, f"camcol {camcol} filter {filter}")
         hdu_header = fits_file.header(hdu_index)
         hdu_camcol = header_number(hdu_header, "CAMCOL", path, where, int)
@@ -109,13 +129,8 @@ def read_astrans(path: str | Path, camcol: int, filter: str, field: int) -> AsTr
         missing = [name for name in ("field", *_COLUMNS) if name not in table.names]
         if missing:
             raise InputError(f"{path}: columns {', '.join(missing)} missing from {where}")
-        row_index = field - field0
-        if not 0 <= row_index < len(table):
-            raise InputError(f"{path}: field {field} missing from {where} (first field {field0}, {len(table)} rows)")
-        row = {name: table.column(name)[row_index] for name in ("field", *_COLUMNS)}
-        found = np.asarray(row["field"])
-        if found.size != 1 or found.dtype.kind not in "iu" or int(found.reshape(())) != field:
-            raise InputError(f"{path}: {where} row {row_index} holds field {found}, expected {field}")
+        row_index = _field_row(table.column("field"), field, field0, path, where)
+        row = {name: table.column(name)[row_index] for name in _COLUMNS}
         values = {}
         for name in _COLUMNS:
             value = np.asarray(row[name], dtype=np.float64)

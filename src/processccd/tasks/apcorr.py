@@ -157,10 +157,10 @@ class ApCorrTask:
     def __init__(self, config: ApCorrConfig | None = None) -> None:
         self.config = config or ApCorrConfig()
 
-    def run(self, exposure: Exposure, columns: dict[str, np.ndarray], star_index: np.ndarray
+    def run(self, exposure: Exposure, columns: dict[str, np.ndarray], star_index: np.ndarray, warn: bool = True
             ) -> ApertureCorrection:
         """`star_index` indexes `columns` (the calibration-stage sources); the image is used as it is
-        (2013: E2, no noise replacement)."""
+        (2013: E2, no noise replacement). `warn=False`: no WARNING when there is no star (the caller gave one)."""
         config = self.config
         star_index = np.asarray(star_index, dtype=np.int64)
         usable = np.ones(len(star_index), dtype=bool)
@@ -186,18 +186,21 @@ class ApCorrTask:
         order, coefficients, error = fit_aperture_correction(stars.x, stars.y, stars.ratio, stars.ratio_err,
                                                              config.order)
         result = ApertureCorrection(order, coefficients, error, len(star_index), stars)
-        self._log(result, exposure)
+        self._log(result, exposure, warn)
         return result
 
-    def _log(self, result: ApertureCorrection, exposure: Exposure) -> None:
+    def _log(self, result: ApertureCorrection, exposure: Exposure, warn: bool = True) -> None:
         ratio = result.stars.ratio
         if len(ratio) == 0:
-            log.warning("no star for the aperture correction; using 1.0")
+            if warn:
+                log.warning("no star for the aperture correction; using 1.0")
         else:
             spread = float(np.std(ratio))
             log.info("mean apCorr: %.4f +/- %.4f", float(np.mean(ratio)), spread)
         if result.order < self.config.order and len(ratio):
-            log.warning("only %d stars: aperture correction fitted with order %d", len(ratio), result.order)
+            kind = "a constant aperture correction" if result.order == 0 else f"order {result.order}"
+            log.warning("only %d stars for an order-%d aperture correction: using %s", len(ratio),
+                        self.config.order, kind)
         cx, cy = self.central_position(exposure)
         value, error = result.evaluate(cx, cy)
         log.info("Central aperture correction using %d/%d stars: %.4f +/- %.4f", result.n_stars,

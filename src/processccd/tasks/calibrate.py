@@ -65,10 +65,16 @@ class CalibrateTask:
         start = time.perf_counter()
         config = self.config
         matches = self._match(exposure, ic_columns)
+        if len(matches) == 0:  # one WARNING for both fallbacks (no aperture correction, tsField zero point)
+            log.warning("no source matched the reference catalogue %s: aperture correction 1.0, tsField zero "
+                        "point %.6f kept", self.catalog_path, exposure.photo_calib.zero_point)
         stars = StarSelectorTask(config.star_selector).run(exposure.image, ic_columns, matches)
         ap_corr_task = ApCorrTask(config.ap_corr)
-        ap_corr = ap_corr_task.run(exposure, ic_columns, stars.source_index)
+        ap_corr = ap_corr_task.run(exposure, ic_columns, stars.source_index, warn=len(matches) > 0)
         central, _ = ap_corr.evaluate(*ap_corr_task.central_position(exposure))
+        exposure.metadata["APCORR"] = (round(float(central), 6), "aperture correction at the frame centre")
+        exposure.metadata["APCNSTAR"] = (ap_corr.n_stars, "stars of the aperture-correction fit")
+        exposure.metadata["APCORDER"] = (ap_corr.order, f"its polynomial order (configured {config.ap_corr.order})")
         if config.apply_ap_corr:
             apply_aperture_correction(ic_columns, ap_corr)
         zero_point = self._photocal(exposure, ic_columns, matches)
@@ -90,8 +96,9 @@ class CalibrateTask:
         try:
             zero_point = PhotoCalTask(self.config.photocal).run(ic_columns, matches)
         except CalibrationError as err:
-            logging.getLogger("processCcd.calibrate.photocal").warning(
-                "photometric calibration failed (%s); keeping the tsField zero point %.6f", err, prior)
+            if len(matches):  # else CalibrateTask.run said so
+                logging.getLogger("processCcd.calibrate.photocal").warning(
+                    "photometric calibration failed (%s); keeping the tsField zero point %.6f", err, prior)
             exposure.metadata["ZPSOURCE"] = ("tsField", "zero point: tsField prior (photocal failed)")
             return None
         exposure.photo_calib = zero_point.photo_calib()

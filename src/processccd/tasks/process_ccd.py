@@ -23,10 +23,11 @@ from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, write_source_table
 from processccd.tasks.apcorr import ApertureCorrection, apply_aperture_correction
 from processccd.tasks.astrometry import write_match_table
 from processccd.tasks.calibrate import CalibrateConfig, CalibrateResult, CalibrateTask
-from processccd.tasks.make_exposure import MakeExposureConfig, make_exposure
+from processccd.tasks.make_exposure import WCS_FROM_ASTRANS, MakeExposureConfig, WcsConfig, make_exposure
 from processccd.tasks.measurement import MeasurementConfig, MeasurementTask
 
 log = logging.getLogger("processCcd")
+FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))
 
 @dataclass
 class ProcessCcdConfig:
@@ -43,6 +44,7 @@ class ProcessCcdConfig:
     extendedness_fac1: float = 0.925  # extended if fac1 * combo flux >= psf flux (classification.extendedness)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)  # matching, apCorr, zero point
     psf_sigma_position: tuple[float, float] = (1024.0, 680.0)  # where detection evaluates the PSF width
+    wcs: WcsConfig = field(default_factory=WcsConfig)  # asTrans or the fpC header
 
 
 @dataclass
@@ -88,7 +90,9 @@ class ProcessCcdTask:
     def run(self, data_id: DataId) -> ProcessCcdResult:
         start = time.perf_counter()
         log.info("Processing %s", data_id.as_dict())
-        exposure = make_exposure(self.butler, data_id, self.config.exposure)
+        exposure = make_exposure(self.butler, data_id, self.config.exposure, self.config.wcs)
+        exposure.metadata["SEEING"] = (round(self.seeing_arcsec(exposure), 4),
+                                       "[arcsec] PSF FWHM at the frame centre")
         calib = self.calibrate_stage(exposure)
         calibration = calib.calibration
         final = self.final_stage(exposure, first_sequence=calib.n_sources + 1, ap_corr=calibration.ap_corr,
@@ -106,6 +110,13 @@ class ProcessCcdTask:
     def psf_sigma(self, exposure: Exposure) -> float:
         """Adaptive-moment width of the PSF where detection evaluates it (2013: the frame centre)."""
         return psf_adaptive_sigma(exposure.psf.compute_image(*self.config.psf_sigma_position))
+
+    def seeing_arcsec(self, exposure: Exposure) -> float:
+        """FWHM [arcsec] of the PSF model at the frame centre: 2 sqrt(2 ln 2) x its adaptive-moment sigma."""
+        height, width = exposure.shape
+        sigma = psf_adaptive_sigma(exposure.psf.normalized_kernel((width - 1) / 2.0, (height - 1) / 2.0))
+        pixel_scale = 3600.0 * float(np.sqrt(abs(np.linalg.det(exposure.wcs.pixel_scale_matrix))))
+        return FWHM_PER_SIGMA * sigma * pixel_scale
 
     def calibrate_stage(self, exposure: Exposure) -> CalibrationStageResult:
         """Background 1 -> E1, bright detection (x10) + background 2 -> E2, icSrc measurement, calibration.
@@ -158,15 +169,17 @@ class ProcessCcdTask:
         exposure.mask = result.mask
         return result
 
-    def _provenance(self, data_id: DataId) -> dict[str, str]:
-        inputs = {name: str(self.butler.path(name, data_id))
-                  for name in ("fpC", "fpM", "tsField", "psField", "asTrans")}
+    def _provenance(self, data_id: DataId, exposure: Exposure) -> dict[str, str]:
+        names = ["fpC", "fpM", "tsField", "psField"]
+        if exposure.metadata.get("WCSSRC", (WCS_FROM_ASTRANS,))[0] == WCS_FROM_ASTRANS:
+            names.append("asTrans")
+        inputs = {name: str(self.butler.path(name, data_id)) for name in names}
         return {"processccd": __version__, **inputs}
 
     def _write(self, data_id: DataId, exposure: Exposure, background: np.ndarray,
                ic_columns: dict[str, np.ndarray], src_columns: dict[str, np.ndarray],
                calibration: CalibrateResult) -> None:
-        provenance = self._provenance(data_id)
+        provenance = self._provenance(data_id, exposure)
         put = self.butler.put
         put("calexp", data_id, lambda p: exposure.write_fits(p, provenance))
         put("calexpBackground", data_id, lambda p: _write_image(p, background, exposure, "BACKGROUND"))
