@@ -54,6 +54,10 @@ def test_demo_registry_is_reproduced_row_for_row(demo_dir, demo_copy):
     assert _rows(made) == _rows(shipped)  # taiObs strings to the last digit, strip with its trailing blanks
     assert len(_rows(shipped)) == 10
     assert _schema(made) == _schema(shipped)
+    tiles = ("SELECT run, rerun, filter, camcol, field, skyTile FROM raw JOIN raw_skyTile USING (id) "
+             "ORDER BY run, filter, skyTile")
+    assert _rows(made, tiles) == _rows(shipped, tiles)  # by frame: the ids themselves follow insertion order
+    assert len(_rows(shipped, tiles)) == 20
     assert (demo_copy / MAPPER_FILE).read_bytes() == (demo_dir / "input" / MAPPER_FILE).read_bytes()
     assert not [p for p in demo_copy.iterdir() if p.name.startswith(".")]
 
@@ -107,6 +111,7 @@ def test_header_cards_are_read_up_to_end_across_chunks(tmp_path):
     assert cards["STRIP"].startswith("'N       '") and "X0000999" in cards
     row = gen.raw_row(path, None)
     assert (row.tai_obs, row.strip) == ("2005-11-30T01:01:31.250000000", "82N       ")  # 32 s in 2005
+    assert row.sky_tiles == ()  # no WCS in this header: listed without tiles
     plain = tmp_path / "fpC.fit"
     _write_fpc(plain, gz=False)
     assert gen.raw_row(plain, None).strip == "82N       "
@@ -148,6 +153,14 @@ def test_the_higher_rerun_of_a_frame_present_twice_is_listed(tmp_path, caplog):
     gen.gen_registry(repo)
     assert sorted((row[4], row[1]) for row in _rows(repo / REGISTRY_FILE)) == [(100, 41), (101, 40)]
     assert "present in reruns 40 and 41" in caplog.text
+
+
+def test_update_keeps_the_listed_rows_and_their_tiles(demo_dir, demo_copy):
+    (demo_copy / REGISTRY_FILE).write_bytes((demo_dir / "input" / REGISTRY_FILE).read_bytes())
+    result = gen.gen_registry(demo_copy, update=True)
+    assert (result.frames, result.headers_read) == (10, 0)
+    query = "SELECT run, filter, taiObs, strip, skyTile FROM raw JOIN raw_skyTile USING (id) ORDER BY 1, 2, 5"
+    assert _rows(demo_copy / REGISTRY_FILE, query) == _rows(demo_dir / "input" / REGISTRY_FILE, query)
 
 
 def test_update_reads_only_the_new_headers(tmp_path):

@@ -12,9 +12,10 @@ second truncated to nanoseconds from the binary float of the seconds (so 34.68 s
 as the LSST DateTime printed instants: in UTC (TAI - 32 s in 2003, 33 s in 2006), `YYYY-MM-DDThh:mm:ss.nnnnnnnnn`.
 `strip`: STRIPE followed by STRIP as written in the header, trailing blanks included ('82S       ').
 
-Table `raw_skyTile` (frame id -> the tiles of LSST's quad-sphere sky pixelization that the frame's WCS
-footprint overlaps, padded by ~15") is created with its indices but left empty: filling it needs that
-pixelization (lsst.skypix), which processccd does not reimplement, and nothing in processccd reads it.
+Table `raw_skyTile` lists, per frame id, the tiles of LSST's quad-sphere sky pixelization that the frame's
+footprint overlaps (`processccd.skytile`: the image corners padded by ~15" through the fpC header's TAN WCS);
+nothing in processccd reads it, it is written for tools that expect the 2013 registry. A header without a
+usable WCS gives its frame no tile, with a warning.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import erfa
+import numpy as np
 
 from processccd.butler import Butler, atomic_path
 from processccd.dataid import DataId
 from processccd.errors import InputError
 from processccd.registry import MAPPER_FILE, REGISTRY_FILE, SDSS_MAPPER, Registry, RegistryError
+from processccd.skytile import frame_corners, tiles_of
 
 log = logging.getLogger("processccd.gen_registry")
 
@@ -49,6 +52,8 @@ INDICES = (
     "CREATE INDEX ix_skyTile_tile ON raw_skyTile (skyTile)",
 )
 INSERT = "INSERT INTO raw (run, rerun, filter, camcol, field, taiObs, strip) VALUES (?, ?, ?, ?, ?, ?, ?)"
+INSERT_TILE = "INSERT INTO raw_skyTile (id, skyTile) VALUES (?, ?)"
+WCS_KEYS = ("NAXIS1", "NAXIS2", "CRPIX1", "CRPIX2", "CRVAL1", "CRVAL2", "CD1_1", "CD1_2", "CD2_1", "CD2_2")
 
 FITS_CARD = 80
 GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -56,6 +61,7 @@ READ_CHUNK = 1 << 13  # compressed bytes read at a time; an fpC primary header (
 MAX_HEADER_BYTES = 1 << 20  # a primary header with no END card within 1 MiB is refused
 _STRING = re.compile(r" *'((?:[^']|'')*)'")
 _INTEGER = re.compile(r" *([-+]?[0-9]+) *(?:/.*)?")
+_NUMBER = re.compile(r" *([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[EDed][-+]?[0-9]+)?) *(?:/.*)?")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class RawRow:
     data_id: DataId
     tai_obs: str
     strip: str
+    sky_tiles: tuple[int, ...] = ()
 
     def values(self) -> tuple[int | str | None, ...]:
         d = self.data_id
@@ -121,6 +128,24 @@ def _integer(cards: dict[str, str], key: str, path: Path) -> int:
     return int(match.group(1))
 
 
+def sky_tiles(cards: dict[str, str], path: Path) -> tuple[int, ...]:
+    """The sky tiles of the frame whose primary header is `cards` (none, with a warning, without a TAN WCS)."""
+    values = {}
+    for key in WCS_KEYS:
+        match = _NUMBER.fullmatch(cards.get(key, ""))
+        if match is None:
+            log.warning("%s: keyword %s missing from the primary header or not a number: no sky tiles", path, key)
+            return ()
+        values[key] = float(match.group(1).replace("D", "E").replace("d", "e"))
+    cd = np.array([[values["CD1_1"], values["CD1_2"]], [values["CD2_1"], values["CD2_2"]]])
+    if not np.all(np.isfinite(cd)) or abs(np.linalg.det(cd)) == 0:
+        log.warning("%s: singular CD matrix: no sky tiles", path)
+        return ()
+    corners = frame_corners((values["CRPIX1"], values["CRPIX2"]), (values["CRVAL1"], values["CRVAL2"]), cd,
+                            int(values["NAXIS1"]), int(values["NAXIS2"]))
+    return tuple(tiles_of(corners))
+
+
 def tai_obs(date_obs: str, taihms: str) -> str:
     """The registry's taiObs of a frame whose header has DATE-OBS `date_obs` and TAIHMS `taihms` (TAI).
 
@@ -156,15 +181,16 @@ def raw_row(path: Path, data_id: DataId) -> RawRow:
         raise InputError(f"{path}: DATE-OBS and TAIHMS of the primary header are not a date and time ({err})"
                          ) from err
     strip = f"{_integer(cards, 'STRIPE', path)}{_string(cards, 'STRIP', path)}"
-    return RawRow(data_id, when, strip)
+    return RawRow(data_id, when, strip, sky_tiles(cards, path))
 
 
-def _existing_rows(path: Path) -> dict[tuple[int | str, ...], tuple[str, str]]:
-    """(taiObs, strip) of the frames of an existing registry by (run, rerun, filter, camcol, field); empty
-    (with a warning) if it cannot be read."""
+def _existing_rows(path: Path) -> dict[tuple[int | str, ...], tuple[str, str, tuple[int, ...]]]:
+    """(taiObs, strip, sky tiles) of the frames of an existing registry by (run, rerun, filter, camcol, field);
+    empty (with a warning) if it cannot be read."""
     try:
         with Registry(path) as registry:
-            return {tuple(row[:5]): (row[5], row[6]) for row in registry.raw_rows()}
+            tiles = registry.sky_tiles()
+            return {tuple(row[:5]): (row[5], row[6], tiles.get(tuple(row[:5]), ())) for row in registry.raw_rows()}
     except RegistryError as err:
         log.warning("%s: reading every header", err)
         return {}
@@ -231,7 +257,9 @@ def write_registry(path: Path, rows: Iterable[RawRow]) -> None:
             conn.execute("PRAGMA synchronous = OFF")
             for statement in SCHEMA:
                 conn.execute(statement)
-            conn.executemany(INSERT, (row.values() for row in rows))
+            for row in rows:
+                row_id = conn.execute(INSERT, row.values()).lastrowid
+                conn.executemany(INSERT_TILE, ((row_id, tile) for tile in row.sky_tiles))
             for statement in INDICES:
                 conn.execute(statement)
             conn.commit()

@@ -91,6 +91,18 @@ class Registry:
         except sqlite3.Error as err:
             raise self._error(err) from err
 
+    def sky_tiles(self) -> dict[tuple[int | str, ...], tuple[int, ...]]:
+        """(run, rerun, filter, camcol, field) -> the frame's tiles in table `raw_skyTile`."""
+        query = ("SELECT run, rerun, filter, camcol, field, skyTile FROM raw JOIN raw_skyTile USING (id) "
+                 "ORDER BY skyTile")
+        tiles: dict[tuple[int | str, ...], tuple[int, ...]] = {}
+        try:
+            for row in self._conn.execute(query):
+                tiles[tuple(row[:5])] = (*tiles.get(tuple(row[:5]), ()), row[5])
+        except sqlite3.Error as err:
+            raise self._error(err) from err
+        return tiles
+
     def _data_id(self, row: tuple[Any, ...]) -> DataId:
         run, rerun, filter_, camcol, field = row
         numbers = (run, rerun, camcol, field)
