@@ -198,3 +198,16 @@ def test_generated_registry_serves_process_ccd_show_ids(tmp_path):
     assert result.stdout.splitlines()[1:] == ["run=9 rerun=40 camcol=6 field=77 filter=u",
                                               "run=9 rerun=40 camcol=6 field=77 filter=z"]
     assert "from registry" in result.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("setup", ["missing", "no frames"])
+def test_an_input_without_frames_is_one_error_and_no_registry(tmp_path, setup):
+    repo = tmp_path / "input"
+    if setup == "no frames":
+        (repo / "4192/40/corr/4").mkdir(parents=True)
+    command = [sys.executable, "-c", "from processccd.cli.gen_registry import main; main()", str(repo)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == InputError.exit_code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gen-registry: error: {repo}: "), lines
+    assert not (repo / REGISTRY_FILE).exists()

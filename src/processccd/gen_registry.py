@@ -214,9 +214,12 @@ def gen_registry(input_root: Path, update: bool = False) -> GenRegistryResult:
     if not butler.input_root.is_dir():
         raise InputError(f"{input_root}: input repository not found")
     target = butler.input_root / REGISTRY_FILE
+    found = butler.input_frames()
+    if not found:
+        raise InputError(f"{input_root}: no fpC file under <run>/<rerun>/corr/<camcol>/; registry not written")
     reuse = _existing_rows(target) if update and target.exists() else {}
     frames: dict[tuple[int, str, int, int], DataId] = {}
-    for data_id in butler.input_frames():
+    for data_id in found:
         key = (data_id.run, data_id.filter, data_id.camcol, data_id.field)
         kept = frames.get(key)
         if kept is not None:
