@@ -76,3 +76,13 @@ def test_failed_download_names_the_url(small_set, http_mirror, tmp_path, monkeyp
     with pytest.raises(InputError, match="download failed"):
         fetch.fetch_demo_data(tmp_path, mirror=None)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+@pytest.mark.skipif(not (MIRROR / "MD5SUMS").is_file(), reason="no local mirror beside the checkout")
+def test_every_file_of_the_data_sets_md5sums_is_installed():
+    """The 31 files of MD5SUMS, among them input/_mapper, input/registry.sqlite3 and the small demo's list."""
+    listed = {}
+    for line in (MIRROR / "MD5SUMS").read_text().splitlines():
+        md5, relpath = line.split()
+        listed[relpath.removeprefix("./")] = md5
+    assert listed == fetch.DEMO_MD5SUMS

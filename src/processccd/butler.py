@@ -25,6 +25,7 @@ import yaml
 from processccd import __version__
 from processccd.dataid import FILTERS, KEYS, DataId, expand_id_expression
 from processccd.errors import DataIdError, InputError, OutputError, ProcessCcdError
+from processccd.registry import Registry, has_registry, registry_path
 
 REPOSITORY_FILE = "repository.yaml"
 LOCK_FILE = ".lock"
@@ -99,6 +100,7 @@ class Butler:
         templates = load_mapper_templates()
         self.input_templates: dict[str, str] = templates["inputs"]
         self.output_templates: dict[str, str] = templates["outputs"]
+        self.id_source = ""  # where `resolve` found the ids: "registry PATH" or "directory scan of ROOT"
 
     # --- paths -------------------------------------------------------------------------------
     def path(self, dataset: str, data_id: DataId) -> Path:
@@ -121,7 +123,8 @@ class Butler:
         """Read a dataset with its reader; a missing file raises InputError naming it."""
         path = self.path(dataset, data_id)
         if not path.is_file():
-            raise InputError(f"{path}: {dataset} file not found for data id {data_id}")
+            listed = f" (listed in {registry_path(self.input_root)})" if has_registry(self.input_root) else ""
+            raise InputError(f"{path}: {dataset} file not found for data id {data_id}{listed}")
         reader = _readers()[dataset]
         return reader(path, data_id)
 
@@ -193,18 +196,38 @@ class Butler:
 
     # --- data-id discovery -------------------------------------------------------------------
     def resolve(self, values: dict[str, list[int | str]]) -> list[DataId]:
-        """Expand an id expression into DataIds, filling keys it leaves out from the input files.
+        """Expand an id expression into DataIds, filling the keys it leaves out; `id_source` says from what.
 
-        A fully given id is kept even when its fpC is missing (processing it reports the missing
-        file); keys left out are discovered from the fpC files present, and an expression that
-        matches none raises DataIdError.
+        With a registry (`registry.sqlite3`) the keys are filled from its table `raw`, and an id it does not
+        list raises DataIdError; a frame it lists is kept even when its files are missing (processing it
+        reports the missing file). Without one, keys left out are discovered from the fpC files present,
+        and a fully given id is kept even when its fpC is missing. An expression that matches nothing raises
+        DataIdError; an unusable registry raises RegistryError.
         """
         if not self.input_root.is_dir():
             raise InputError(f"{self.input_root}: input repository not found")
         ids: list[DataId] = []
-        for partial in expand_id_expression(values):
-            ids.extend(self._resolve_one(partial))
+        if has_registry(self.input_root):
+            path = registry_path(self.input_root)
+            self.id_source = f"registry {path}"
+            with Registry(path) as registry:
+                for partial in expand_id_expression(values):
+                    ids.extend(self._lookup(registry, partial))
+        else:
+            self.id_source = f"directory scan of {self.input_root}"
+            for partial in expand_id_expression(values):
+                ids.extend(self._resolve_one(partial))
         return list(dict.fromkeys(ids))
+
+    @staticmethod
+    def _lookup(registry: Registry, partial: dict[str, Any]) -> list[DataId]:
+        found = registry.frames(partial)
+        if not found:
+            raise DataIdError(f"data id {_describe(partial)} matches no frame in the registry {registry.path}")
+        reruns = sorted({d.rerun for d in found})
+        if len(reruns) > 1 and all(partial[k] is not None for k in KEYS if k != "rerun"):
+            raise DataIdError(f"data id {_describe(partial)} is ambiguous: reruns {reruns}; give rerun=")
+        return found
 
     def _resolve_one(self, partial: dict[str, Any]) -> list[DataId]:
         missing = [k for k in KEYS if partial[k] is None and k != "rerun"]
@@ -238,6 +261,10 @@ class Butler:
     def _discover(self, partial: dict[str, Any]) -> list[DataId]:
         found = _scan(self.input_root, self.input_templates["fpC"], partial)
         return sorted(found, key=lambda d: (d.run, d.camcol, d.field, FILTERS.index(d.filter)))
+
+    def input_frames(self) -> list[DataId]:
+        """Every frame of the input repository that has an fpC file (found by a directory scan)."""
+        return self._discover(dict.fromkeys(KEYS))
 
     def discover_outputs(self, dataset: str = "src") -> list[DataId]:
         """DataIds for which the output repository holds `dataset` (rerun left None)."""

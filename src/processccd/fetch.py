@@ -1,4 +1,5 @@
-"""Fetch the SDSS demo data set (10 frames, stars.fits, the 2013 LSST output) and verify MD5SUMS.
+"""Fetch the SDSS demo data set and verify MD5SUMS: 10 frames with the input registry (registry.sqlite3,
+_mapper), stars.fits, and the 2013 LSST outputs of the demo and of the small demo (6 of the frames).
 
 The files are copied from a local mirror (`../shared/sdss-demo` beside the checkout) when it exists,
 otherwise downloaded from the public `lsst_dm_stack_demo` repository at commit c2f24c5.
@@ -23,6 +24,9 @@ UPSTREAM_URL = "https://raw.githubusercontent.com/lsst/lsst_dm_stack_demo/c2f24c
 DEMO_MD5SUMS: dict[str, str] = {
     "astrometry_net_data/stars.fits": "c531322097ba25a72e4f0ed22740e23a",
     "detected-sources.txt.expected": "85d797ca459985f04c3491cc322d51c3",
+    "detected-sources.txt.expected_small": "47a344ea67466fedbe102bd4bad53922",
+    "input/_mapper": "7508778a4bd926018a0f13fa55d4c050",
+    "input/registry.sqlite3": "a691174e6bf2840af66ab9491b933025",
     "input/4192/40/astrom/asTrans-004192.fit": "08d06d1548316921447597c5e888980b",
     "input/4192/40/calibChunks/4/tsField-004192-4-40-0300.fit": "3f49c0b221ead9d3f29f911e39b0c6c0",
     "input/4192/40/corr/4/fpC-004192-g4-0300.fit.gz": "7555836ec5103f50f1ecf87125c7812e",

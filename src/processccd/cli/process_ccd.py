@@ -79,6 +79,9 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 @click.option("--refcat", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reference catalogue (stars.fits layout, see make-refcat); sets calibrate.reference_catalog.path.")
 @click.option("--show-config", is_flag=True, help="Print the configuration in force and exit.")
+@click.option("--show-ids", is_flag=True,
+              help="Print the data ids the --id expressions expand to, and where they came from "
+                   "(the input registry or a directory scan), and exit.")
 @click.option("--clobber-config", is_flag=True,
               help="Accept a config that differs from the one recorded in the output repository.")
 @click.option("--clobber-output", is_flag=True, help="Reprocess data ids that an earlier run completed.")
@@ -88,14 +91,14 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level logging.")
 def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_repo: Path | None,
             processes: int | None, scheduler: str | None, config_overrides: tuple[str, ...],
-            config_files: tuple[Path, ...], refcat: Path | None, show_config: bool, clobber_config: bool,
-            clobber_output: bool, fail_fast: bool, qa: bool, debug: bool, verbose: bool) -> None:
+            config_files: tuple[Path, ...], refcat: Path | None, show_config: bool, show_ids: bool,
+            clobber_config: bool, clobber_output: bool, fail_fast: bool, qa: bool, debug: bool, verbose: bool) -> None:
     """Process SDSS frames of the INPUT repository into calibrated exposures and source catalogues."""
     try:
         check_extras({"--scheduler": scheduler is not None, "--qa": qa})
     except MissingExtraError as err:
         fail(err, debug)
-    if not show_config and scheduler is None and (processes or os.cpu_count() or 1) > 1:
+    if not show_config and not show_ids and scheduler is None and (processes or os.cpu_count() or 1) > 1:
         from processccd.parallel import start_worker_server
 
         start_worker_server()  # the worker processes' imports overlap with this process's set-up
@@ -114,7 +117,7 @@ def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_rep
         return
     if input_repo is None:
         fail(DataIdError("missing INPUT repository argument"), debug)
-    if output_repo is None:
+    if output_repo is None and not show_ids:
         fail(DataIdError("--output is required"), debug)
     if not id_expressions:
         fail(DataIdError("at least one --id is required"), debug)
@@ -126,6 +129,8 @@ def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_rep
         expressions = [parse_id_expression(e) for e in id_expressions]
     except DataIdError as err:
         fail(err, debug)
+    if show_ids:
+        sys.exit(print_ids(input_repo, id_expressions, expressions, debug))
     exit_code = run(input_repo, output_repo, expressions, config, processes=processes, scheduler=scheduler,
                     clobber_config=clobber_config, clobber_output=clobber_output, fail_fast=fail_fast, qa=qa,
                     debug=debug, progress_bar=progress_bar)
@@ -212,6 +217,28 @@ def run(input_repo: Path, output_repo: Path, expressions: list[dict[str, list[in
     if failed:
         return failed[0].exit_code or 1
     return 1 if not_run else 0
+
+
+def print_ids(input_repo: Path, texts: tuple[str, ...], expressions: list[dict[str, list[int | str]]],
+              debug: bool) -> int:
+    """`--show-ids`: per expression, a `# --id ...: N data ids from <source>` line and the ids; the exit status."""
+    from processccd.butler import Butler
+
+    butler = Butler(input_repo)
+    status = 0
+    for text, values in zip(texts, expressions, strict=True):
+        try:
+            data_ids = butler.resolve(values)
+        except DataIdError as err:
+            logging.getLogger(RUN_LOGGER).error("error: %s", err)
+            status = err.exit_code
+            continue
+        except ProcessCcdError as err:
+            fail(err, debug)
+        click.echo(f"# --id {text}: {len(data_ids)} data ids from {butler.id_source}")
+        for data_id in data_ids:
+            click.echo(str(data_id))
+    return status
 
 
 def record_config(output_repo: Path, config: Any, clobber_config: bool) -> None:
