@@ -267,8 +267,8 @@ def test_default_gate_is_valid() -> None:
     bounds = {bound.key: bound for bound in load_gate(default_gate_path())}
     assert bounds["completeness_snr10_min_per_frame"].per_frame
     assert bounds["completeness_snr10_min_per_frame"].lower == 0.99
-    assert bounds["psf_raw_ratio_median_snr50"].lower == 0.998
-    assert bounds["centroid_offset_median_snr50_max"].upper == 0.01
+    assert bounds["psf_raw_ratio_median_snr50"].lower == 0.99998
+    assert bounds["centroid_offset_median_snr50_max"].upper == 6.0e-07
 
 
 def write(table: Table, path: Path) -> Path:
