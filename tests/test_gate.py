@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from processccd.export import check_gate, compare_lists, default_gate_path, load_gate, read_list
+from processccd.comparison import compare_lists
+from processccd.gate import check_gate, default_gate_path, load_gate
+from processccd.source_list import read_list
 
 GATE_PATH = Path(__file__).resolve().parents[1] / "configs" / "compare-gate.yaml"
 FAILING_FIGURE = re.compile(r"^FAIL [^:]+: (\S+) = ")
