@@ -10,7 +10,8 @@ import pytest
 
 from processccd.meas.gaussian_flux import gaussian_flux, gaussian_flux_from_moments, gaussian_flux_psf_factor
 from processccd.meas.shape import adaptive_moments
-from processccd.psf import GaussianPsf, Psf, SdssKLPsf
+from processccd.psf import Psf, SdssKLPsf
+from reference_impl.psf import GaussianPsf
 from test_shape import REAL_FRAMES, bright_isolated_stars, elliptical_gaussian
 
 

@@ -33,7 +33,8 @@ from processccd.meas.model_flux_kernels import (
     psf_model_fit,
 )
 from processccd.meas.psf_flux import psf_flux
-from processccd.psf import GaussianPsf, Psf
+from processccd.psf import Psf
+from reference_impl.psf import GaussianPsf
 
 SKY_SIGMA = 5.0
 SHAPE = (101, 121)  # rows, columns

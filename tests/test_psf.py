@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from processccd.errors import InputError
-from processccd.psf import KERNEL_SIZE, GaussianPsf, SdssKLPsf
+from processccd.psf import KERNEL_SIZE, SdssKLPsf
 from processccd.sdss.psfield import KLComponent
+from reference_impl.psf import GaussianPsf
 
 FWHM_PER_SIGMA = 2.3548
 

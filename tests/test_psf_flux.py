@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from processccd.meas.psf_flux import psf_flux, psf_flux_many, psf_images_at
-from processccd.psf import GaussianPsf
+from reference_impl.psf import GaussianPsf
 
 SIGMA = 1.3
 SPACING = 33

@@ -70,13 +70,6 @@ class Footprints:
         span = slice(self.pixel_offsets[index], self.pixel_offsets[index + 1])
         return self.pixel_y[span], self.pixel_x[span]
 
-    def label_image(self, shape: tuple[int, int]) -> np.ndarray:
-        """int32 image of `shape`: 0 = no footprint, i + 1 = footprint i (made on demand, not kept)."""
-        labels = np.zeros(shape, dtype=np.int32)
-        labels[self.pixel_y, self.pixel_x] = np.repeat(np.arange(1, len(self) + 1, dtype=np.int32),
-                                                       np.diff(self.pixel_offsets))
-        return labels
-
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, first x, last x) of the horizontal runs of footprint pixels (a run never spans two
         footprints: horizontal neighbours are 8-connected)."""
@@ -210,24 +203,6 @@ def _label_pixels(image: np.ndarray, threshold: np.float32 | np.uint8) -> _Label
     pixel_span = np.repeat(np.arange(n_spans), lengths)
     pixel_x = x0[pixel_span] + np.arange(pixel_span.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     return _LabelledPixels(row[pixel_span], pixel_x, span_footprint[pixel_span], int(roots.size))
-
-
-def lsst_footprint_labels(binary: np.ndarray) -> np.ndarray:
-    """int32 label image of the 8-connected footprints of `binary`: 0 = none, i + 1 = i-th emitted."""
-    pixels = _label_pixels(np.ascontiguousarray(binary, dtype=bool).view(np.uint8), np.uint8(1))
-    labels = np.zeros(np.shape(binary), dtype=np.int32)
-    labels[pixels.y, pixels.x] = pixels.footprint + 1
-    return labels
-
-
-def grow_diamond(binary: np.ndarray, radius: int) -> np.ndarray:
-    """Dilation by the Manhattan ball |dx| + |dy| <= radius, clipped to the array."""
-    from processccd.pixel_kernels import or_diamonds, threshold_spans
-
-    binary = np.ascontiguousarray(binary, dtype=bool)
-    grown = np.zeros(binary.shape, dtype=np.uint8)
-    or_diamonds(grown, *threshold_spans(binary.view(np.uint8), np.uint8(1)), radius, 1)
-    return grown.view(bool)
 
 
 def _build_footprints(

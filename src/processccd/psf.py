@@ -66,19 +66,6 @@ class Psf:
         return img / img.sum()
 
 
-class GaussianPsf(Psf):
-    """A circular Gaussian of width `sigma` pixels, the same at every position."""
-
-    def __init__(self, sigma: float, size: int = KERNEL_SIZE) -> None:
-        self.sigma = float(sigma)
-        self.size = size
-
-    def kernel(self, x: float, y: float) -> np.ndarray:
-        c = self.size // 2
-        yy, xx = np.mgrid[: self.size, : self.size] - c
-        return np.exp(-0.5 * (xx * xx + yy * yy) / self.sigma**2)
-
-
 class SdssKLPsf(Psf):
     """The SDSS PHOTO KL PSF of one field and filter (psField), as the LSST 2013 stack evaluated it.
 
