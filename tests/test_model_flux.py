@@ -12,7 +12,6 @@ from processccd.meas.classification import extendedness
 from processccd.meas.model_flux import (
     DE_VAUCOULEURS,
     EXPONENTIAL,
-    MAX_LOG_RADIUS,
     ModelFluxConfig,
     Profile,
     PsfModel,
@@ -24,6 +23,7 @@ from processccd.meas.model_flux import (
     model_flux_psf_factors,
     model_fluxes,
 )
+from processccd.meas.model_flux_constants import MAX_LOG_RADIUS
 from processccd.meas.model_flux_kernels import (
     _derivative_basis,
     _evaluate,

@@ -14,6 +14,32 @@ import math
 import numpy as np
 from scipy.linalg import lapack
 
+from processccd.meas.centroid_constants import (
+    BAD_A,
+    BAD_WIDTH,
+    DIAGONAL,
+    FIT_BOX,
+    FREE_ITERATIONS,
+    LAMBDA_DIVISOR,
+    LAMBDA_OK,
+    LAMBDA_START,
+    LOST_DISTANCE,
+    MAX_ITERATIONS,
+    MAX_RADIUS,
+    MIN_RADIUS,
+    MIN_SIGMA,
+    N_PARAMS,
+    PEAK,
+    RATIO_MIN,
+    RETRIES,
+    SIGMA,
+    SINGULAR,
+    SKY,
+    TOO_CLOSE,
+    TOO_FEW,
+    X0,
+    Y0,
+)
 from processccd.meas.noise_replacement import deltas_by_source
 from processccd.psf import Psf
 
@@ -79,24 +105,7 @@ def sdss_centroid_sources(
 # centre, λ schedule, retry count, stopping tests). scipy.optimize.least_squares cannot be used: its
 # trust-region steps, λ updates and stopping criteria differ, and the pixel set changes between calls.
 
-FIT_BOX = 32  # the fit uses a FIT_BOX × FIT_BOX raster starting at start − FIT_BOX/2 (clipped)
-MIN_RADIUS = 0.3  # pixels used have MIN_RADIUS ≤ r/s ≤ MAX_RADIUS
-MAX_RADIUS = 3.5
-LOST_DISTANCE = 3.5  # peak search radius, and the fit stops when the centre moves further
-TOO_CLOSE = 3  # minimum distance of the start pixel from the image edge
-MIN_SIGMA = 1.5  # floor of the first-guess width
-MAX_ITERATIONS = 15
-LAMBDA_START = 1.0
-LAMBDA_DIVISOR = 5.0
-LAMBDA_OK = 1.0e-7
-RATIO_MIN = -1.0e-7
-RETRIES = 4
-FREE_ITERATIONS = 3  # the stopping tests are ignored for iterations 0..FREE_ITERATIONS
-N_PARAMS = 5  # peak A, sky B, x0, y0, s
-PEAK, SKY, X0, Y0, SIGMA = range(N_PARAMS)
-
-# Fit status codes (0 = continue); negative values are fatal.
-TOO_FEW, BAD_WIDTH, DIAGONAL, BAD_A, SINGULAR = -12, -15, -17, -18, -1
+# The fit constants are in `centroid_constants`, shared with the compiled fit (`centroid_kernels`).
 
 
 class _GaussianFit:
