@@ -12,10 +12,11 @@ from astropy.table import Table
 from click.testing import CliRunner
 
 from processccd.cli.compare import main
-from processccd.comparison import ALL_SCOPE, CompareReport, compare_lists, frame_label, match_sky, robust_scatter
+from processccd.comparison import ALL_SCOPE, CompareReport, compare_lists, frame_label, match_sky
 from processccd.errors import InputError
 from processccd.gate import check_gate, default_gate_path, load_gate, parse_gate
 from processccd.source_list import BOOL_COLUMNS, COLUMNS, FLOAT_COLUMNS, read_list, write_list
+from processccd.stats import robust_scatter
 from processccd.text_report import format_report
 
 ARCSEC = 1.0 / 3600.0

@@ -36,6 +36,7 @@ import numpy as np
 from processccd.dataid import FILTERS
 from processccd.errors import InputError
 from processccd.source_list import FLOAT_COLUMNS, ID_FRAME_SHIFT, Rows, columns_of
+from processccd.stats import robust_scatter
 
 SNR_BINS: dict[str, float] = {"all": -math.inf, "snr10": 10.0, "snr50": 50.0}
 BIN_TITLES = {"all": "all S/N", "snr10": "S/N > 10", "snr50": "S/N > 50"}
@@ -66,7 +67,6 @@ AGREEMENT_COLUMNS: dict[str, str] = {
 }
 
 ALL_SCOPE = "all"
-ROBUST_SIGMA = 1.4826
 
 
 def frame_label(exp_id: int) -> str:
@@ -96,13 +96,6 @@ def _frame_labels(exp_ids: Sequence[int]) -> dict[int, str]:
 def is_nan(value: float) -> bool:
     """Whether `value` is a float NaN (figures are ints or floats)."""
     return isinstance(value, float) and math.isnan(value)
-
-
-def robust_scatter(values: np.ndarray) -> float:
-    """1.4826 × median absolute deviation (NaN when empty)."""
-    if values.size == 0:
-        return math.nan
-    return float(ROBUST_SIGMA * np.median(np.abs(values - np.median(values))))
 
 
 def _median(values: np.ndarray) -> float:

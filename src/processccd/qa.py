@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from processccd.dataid import DataId
+from processccd.stats import robust_scatter
 
 QA_DIR = "qa"
 FIGURE_INCHES = (16.0, 5.0)
@@ -113,7 +114,7 @@ def _draw_residuals(ax: Any, table: Any, zero_point: float) -> None:
         return
     ref, residual = result
     median = float(np.median(residual))
-    spread = 1.4826 * float(np.median(np.abs(residual - median)))
+    spread = robust_scatter(residual)
     ax.scatter(ref, residual, s=12, color="tab:blue")
     ax.axhline(median, color="tab:red", linewidth=1)
     ax.set_xlabel("reference magnitude")
