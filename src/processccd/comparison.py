@@ -35,6 +35,7 @@ import numpy as np
 
 from processccd.dataid import FILTERS
 from processccd.errors import InputError
+from processccd.sky import unit_vectors
 from processccd.source_list import FLOAT_COLUMNS, ID_FRAME_SHIFT, Rows, columns_of
 from processccd.stats import robust_scatter
 
@@ -102,11 +103,6 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(values)) if values.size else math.nan
 
 
-def _unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    return np.column_stack((np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)))
-
-
 def match_sky(
     ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray, radius_arcsec: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,8 +113,8 @@ def match_sky(
     if len(ra1) == 0 or len(ra2) == 0:
         return empty, empty, np.zeros(0)
     chord = 2.0 * math.sin(math.radians(radius_arcsec / 3600.0) / 2.0)
-    pairs = cKDTree(_unit_vectors(ra1, dec1)).sparse_distance_matrix(
-        cKDTree(_unit_vectors(ra2, dec2)), chord, output_type="ndarray"
+    pairs = cKDTree(unit_vectors(ra1, dec1)).sparse_distance_matrix(
+        cKDTree(unit_vectors(ra2, dec2)), chord, output_type="ndarray"
     )
     order = np.lexsort((pairs["j"], pairs["i"], pairs["v"]))
     used1 = np.zeros(len(ra1), dtype=bool)

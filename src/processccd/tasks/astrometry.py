@@ -15,6 +15,7 @@ import numpy as np
 from astropy.table import Table
 
 from processccd.refcat import ReferenceCatalog
+from processccd.sky import unit_vectors
 
 log = logging.getLogger("processCcd.calibrate.astrometry")
 
@@ -53,12 +54,6 @@ class Matches:
     def subset(self, index: np.ndarray) -> Matches:
         return Matches(self.source_index[index], self.reference.subset(index), self.reference_x[index],
                        self.reference_y[index], self.distance_arcsec[index])
-
-
-def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """(N, 3) unit vectors of sky positions in degrees."""
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    return np.column_stack((np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)))
 
 
 def closest_pairs(ref_ra: np.ndarray, ref_dec: np.ndarray, src_ra: np.ndarray, src_dec: np.ndarray,
