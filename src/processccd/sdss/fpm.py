@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from processccd.errors import InputError
-from processccd.sdss import BinTable, FitsFile, header_number, open_fits
+from processccd.sdss.fits import BinTable, FitsFile, header_number, open_fits
 
 PLANE_PREFIX = "S_MASK_"
 SPAN_BYTES = 6  # one span = three big-endian int16: y, x1, x2
