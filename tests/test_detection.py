@@ -16,7 +16,7 @@ from processccd.detection import (
     smooth_middle,
 )
 from processccd.pixel_kernels import threshold_spans
-from reference_impl.detection import grow_diamond, label_image, lsst_footprint_labels
+from reference_impl.detection import grow_diamond, lsst_footprint_labels
 
 EDGE, DETECTED, DETECTED_NEGATIVE = MASK_BITS["EDGE"], MASK_BITS["DETECTED"], MASK_BITS["DETECTED_NEGATIVE"]
 
@@ -172,7 +172,7 @@ def test_detect_sources_finds_stars_and_sets_the_masks(caplog: pytest.LogCapture
     assert edge[:15].all() and edge[:, -15:].all() and not edge[15:-15, 15:-15].any()
     detected = (result.mask & DETECTED) != 0
     assert not detected[10, 10]
-    grown = grow_diamond(label_image(footprints, image.shape) > 0, int(2.4 * sigma + 0.5))
+    grown = grow_diamond(footprints.label_image(image.shape) > 0, int(2.4 * sigma + 0.5))
     np.testing.assert_array_equal(detected, grown)
     assert (result.mask[201, 201] & DETECTED_NEGATIVE) and not (result.mask[201, 201] & DETECTED)
     # the re-estimated background is the plane, and it was subtracted
@@ -188,7 +188,7 @@ def test_footprint_pixels_bbox_and_peaks_are_consistent() -> None:
     footprints = result.footprints
     source, ys, xs = footprints.all_pixels()
     assert np.all(np.diff(source) >= 0)
-    labels = label_image(footprints, image.shape)
+    labels = footprints.label_image(image.shape)
     slices = ndimage.find_objects(labels)
     for i in range(len(footprints)):
         py, px = footprints.pixels(i)
@@ -211,7 +211,7 @@ def test_footprint_runs_are_the_runs_of_the_label_image() -> None:
     image = star_field(rng, (300, 320), STARS[:1] + [(200.0, 150.0, 3000.0), (203.0, 153.0, 900.0)], 5.0, 1.5)
     footprints = detect_sources(image, np.zeros(image.shape, np.int32), 1.5, DetectionConfig(bin_size=100)).footprints
     assert len(footprints) > 0
-    expected = threshold_spans((label_image(footprints, image.shape) > 0).view(np.uint8), np.uint8(1))
+    expected = threshold_spans((footprints.label_image(image.shape) > 0).view(np.uint8), np.uint8(1))
     order = np.lexsort(footprints.runs()[::-1])  # runs come footprint by footprint, spans in raster order
     for runs, spans in zip(footprints.runs(), expected, strict=True):
         np.testing.assert_array_equal(runs[order], spans)
@@ -333,6 +333,6 @@ def test_calibration_and_final_detection_on_the_demo_frames(demo_dir, run: int, 
     distance, _ = cKDTree(np.c_[footprints.peak_x, footprints.peak_y]).query(centroids)
     assert np.mean(distance <= 1.0) > 0.92  # the rest: faint sources whose centroid wandered off the peak
     if final.n_positive == SRC_COUNT[run, filter_name]:
-        label = label_image(footprints, image.shape)[centroids[:, 1], centroids[:, 0]]
+        label = footprints.label_image(image.shape)[centroids[:, 1], centroids[:, 0]]
         inside = label > 0
         assert np.mean(label[inside] == sequence[inside] - IC_SRC_COUNT[run, filter_name]) > 0.99

@@ -70,6 +70,13 @@ class Footprints:
         span = slice(self.pixel_offsets[index], self.pixel_offsets[index + 1])
         return self.pixel_y[span], self.pixel_x[span]
 
+    def label_image(self, shape: tuple[int, int]) -> np.ndarray:
+        """int32 image of `shape`: 0 = no footprint, i + 1 = footprint i (made on demand, not kept)."""
+        labels = np.zeros(shape, dtype=np.int32)
+        labels[self.pixel_y, self.pixel_x] = np.repeat(np.arange(1, len(self) + 1, dtype=np.int32),
+                                                       np.diff(self.pixel_offsets))
+        return labels
+
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, first x, last x) of the horizontal runs of footprint pixels (a run never spans two
         footprints: horizontal neighbours are 8-connected)."""

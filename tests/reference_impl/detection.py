@@ -1,19 +1,11 @@
-"""Label images and the Manhattan dilation of a binary image: references of what `processccd.detection` does
-on spans and runs (`Footprints.runs`, `pixel_kernels.or_diamonds` into the mask)."""
+"""The label image of a binary image and its Manhattan dilation: references of what `processccd.detection`
+does on runs (`_label_pixels` into `Footprints`, `pixel_kernels.or_diamonds` into the mask)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from processccd.detection import Footprints, _label_pixels
-
-
-def label_image(footprints: Footprints, shape: tuple[int, int]) -> np.ndarray:
-    """int32 image of `shape`: 0 = no footprint, i + 1 = footprint i."""
-    labels = np.zeros(shape, dtype=np.int32)
-    labels[footprints.pixel_y, footprints.pixel_x] = np.repeat(
-        np.arange(1, len(footprints) + 1, dtype=np.int32), np.diff(footprints.pixel_offsets))
-    return labels
+from processccd.detection import _label_pixels
 
 
 def lsst_footprint_labels(binary: np.ndarray) -> np.ndarray:
