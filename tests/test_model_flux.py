@@ -32,9 +32,9 @@ from processccd.meas.model_flux_kernels import (
     psf_image_pixels,
     psf_model_fit,
 )
-from processccd.meas.psf_flux import psf_flux
 from processccd.psf import Psf
 from reference_impl.psf import GaussianPsf
+from reference_impl.psf_flux import psf_flux
 
 SKY_SIGMA = 5.0
 SHAPE = (101, 121)  # rows, columns
