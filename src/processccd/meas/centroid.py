@@ -51,7 +51,7 @@ KERNEL_SIZE = 31  # the PSF kernel is 31×31
 
 
 def _unit_sum_kernels(psf: Psf, x_peak: np.ndarray, y_peak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`psf.normalized_kernel` at each peak pixel and its neff = (sum k)² / sum k², as `sdss_centroid` computes
+    """The unit-sum `psf.kernel` at each peak pixel and its neff = (sum k)² / sum k², as `sdss_centroid` computes
     them, bit for bit: the kernels come from `psf.kernel` one by one (`psf.kernels` rounds differently), the
     sums are numpy's pairwise sums of each 31×31 kernel (as for a single one) and the square is a scalar
     power, as there."""
