@@ -9,7 +9,6 @@ from astropy.wcs import WCS
 
 from processccd.dataid import DataId
 from processccd.image import Exposure, PhotoCalib
-from processccd.psf import GaussianPsf
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
 from processccd.tasks.apcorr import (
     ApCorrStars,
@@ -19,6 +18,7 @@ from processccd.tasks.apcorr import (
     fit_aperture_correction,
     polynomial_terms,
 )
+from reference_impl.psf import GaussianPsf
 
 TRUE = np.array([0.99, 2e-6, -3e-6, 4e-9, -1e-9, 2e-9])  # 1, y, x, y², xy, x²
 

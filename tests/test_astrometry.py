@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from astropy.wcs import WCS
 
 from processccd.refcat import ReferenceCatalog
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
 from processccd.tasks.astrometry import AstrometryTask, clean_offsets, closest_pairs
 from processccd.tasks.star_selector import StarSelectorTask
+from reference_impl.astrometry import dense_closest_pairs
 
 ARCSEC = 1.0 / 3600.0
 PIXEL_SCALE = 0.396  # arcsec
@@ -108,3 +110,25 @@ def test_star_selector_rules() -> None:
     selection = StarSelectorTask().run(image, columns, matches)
     # 1: interpolated centre, 2: negative flux, 3: stamp leaves the image, 4: NaN stamp, 5: not a star
     np.testing.assert_array_equal(selection.source_index, [0])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_closest_pairs_equal_the_dense_matcher_bit_for_bit(seed: int) -> None:
+    """Crowded fields (many references with several sources within the radius, duplicated and NaN positions):
+    the k-d tree matcher returns the dense matrix's pairs and distances exactly."""
+    rng = np.random.default_rng(seed)
+    ref_ra = 10.0 + rng.uniform(0, 60, 300) * ARCSEC
+    ref_dec = 0.5 + rng.uniform(0, 60, 300) * ARCSEC
+    src_ra = np.concatenate([ref_ra[:200] + rng.normal(0, 0.4, 200) * ARCSEC, 10.0 + rng.uniform(0, 60, 400) * ARCSEC])
+    src_dec = np.concatenate([ref_dec[:200] + rng.normal(0, 0.4, 200) * ARCSEC,
+                              0.5 + rng.uniform(0, 60, 400) * ARCSEC])
+    src_ra[[5, 6]], src_dec[[5, 6]] = src_ra[4], src_dec[4]  # equal distances: the lower source index wins
+    src_ra[::37] = np.nan
+    ref_dec[::53] = np.nan
+    for radius in (0.5, 1.0, 3.0):
+        fast = closest_pairs(ref_ra, ref_dec, src_ra, src_dec, radius)
+        dense = dense_closest_pairs(ref_ra, ref_dec, src_ra, src_dec, radius)
+        assert len(fast[0]) > 50
+        for got, want in zip(fast, dense, strict=True):
+            np.testing.assert_array_equal(got, want)
+            assert got.dtype == want.dtype

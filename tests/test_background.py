@@ -7,7 +7,6 @@ import pytest
 from scipy.interpolate import CubicSpline
 
 from processccd.background import (
-    IQ_TO_STDEV,
     BackgroundConfig,
     cell_centres,
     cell_edges,
@@ -19,13 +18,14 @@ from processccd.background import (
     percentiles,
 )
 from processccd.errors import CalibrationError
+from processccd.stats import IQR_TO_SIGMA
 
 
 def reference_clipped(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3) -> tuple[float, float]:
     """Straightforward MEANCLIP/STDEVCLIP: median/IQR window, then mean/sd windows, n - 1 variance."""
     v = np.asarray(values, dtype=np.float64).ravel()
     q25, med, q75 = np.percentile(v, [25, 50, 75])
-    centre, width = med, n_sigma * IQ_TO_STDEV * (q75 - q25)
+    centre, width = med, n_sigma * IQR_TO_SIGMA * (q75 - q25)
     for _ in range(n_iter):
         kept = v[np.abs(v - centre) <= width]
         mean, sd = kept.mean(), kept.std(ddof=1)

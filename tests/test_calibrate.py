@@ -12,12 +12,13 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from processccd.comparison import match_sky
 from processccd.dataid import DataId
-from processccd.export import match_sky, read_list
 from processccd.image import Exposure, PhotoCalib
-from processccd.psf import GaussianPsf
+from processccd.source_list import read_list
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns, read_source_table
 from processccd.tasks.calibrate import CalibrateTask
+from reference_impl.psf import GaussianPsf
 
 ZP_TRUE = 28.0
 SHAPE = (400, 600)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processccd.meas.centroid import gaussian_centroid, sdss_centroid
-from processccd.psf import GaussianPsf
+from processccd.meas.centroid import gaussian_centroid
+from reference_impl.centroid import sdss_centroid
+from reference_impl.psf import GaussianPsf
 
 HEIGHT, WIDTH = 80, 90
 SKY = 150.0  # DN, already subtracted from the image but present in the variance

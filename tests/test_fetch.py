@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from processccd import fetch
+from processccd.butler import file_md5
 from processccd.errors import InputError
 
 MIRROR = fetch.default_mirror(Path(__file__).resolve().parents[1])  # ../shared/sdss-demo beside the checkout
@@ -47,7 +48,7 @@ def test_copy_from_mirror_is_verified_and_idempotent(small_set, tmp_path):
     installed = fetch.fetch_demo_data(tmp_path, MIRROR)
     assert sorted(installed) == sorted(small_set)
     for relpath, md5 in small_set.items():
-        assert fetch.md5sum(tmp_path / relpath) == md5
+        assert file_md5(tmp_path / relpath) == md5
     assert fetch.fetch_demo_data(tmp_path, MIRROR) == []
 
 

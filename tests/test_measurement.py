@@ -10,10 +10,10 @@ from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, detect_sources
 from processccd.image import Exposure, PhotoCalib
 from processccd.meas.shape import psf_adaptive_sigma
-from processccd.psf import GaussianPsf
 from processccd.table import read_source_table
 from processccd.tasks.apcorr import ApCorrStars, ApertureCorrection, apply_aperture_correction
 from processccd.tasks.measurement import MeasurementConfig, MeasurementTask
+from reference_impl.psf import GaussianPsf
 
 SIGMA = 1.4
 SKY_SIGMA = 5.0

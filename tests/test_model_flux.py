@@ -12,7 +12,6 @@ from processccd.meas.classification import extendedness
 from processccd.meas.model_flux import (
     DE_VAUCOULEURS,
     EXPONENTIAL,
-    MAX_LOG_RADIUS,
     ModelFluxConfig,
     Profile,
     PsfModel,
@@ -24,6 +23,7 @@ from processccd.meas.model_flux import (
     model_flux_psf_factors,
     model_fluxes,
 )
+from processccd.meas.model_flux_constants import MAX_LOG_RADIUS
 from processccd.meas.model_flux_kernels import (
     _derivative_basis,
     _evaluate,
@@ -32,8 +32,9 @@ from processccd.meas.model_flux_kernels import (
     psf_image_pixels,
     psf_model_fit,
 )
-from processccd.meas.psf_flux import psf_flux
-from processccd.psf import GaussianPsf, Psf
+from processccd.psf import Psf
+from reference_impl.psf import GaussianPsf, unit_sum_image
+from reference_impl.psf_flux import psf_flux
 
 SKY_SIGMA = 5.0
 SHAPE = (101, 121)  # rows, columns
@@ -90,7 +91,7 @@ def _noisy(truth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def _star(psf: Psf, flux: float, x: float, y: float) -> np.ndarray:
     truth = np.zeros(SHAPE)
-    stamp = psf.unit_sum_image(x, y) * flux
+    stamp = unit_sum_image(psf, x, y) * flux
     half = stamp.shape[0] // 2
     ix, iy = math.floor(x + 0.5), math.floor(y + 0.5)
     truth[iy - half : iy + half + 1, ix - half : ix + half + 1] = stamp
@@ -165,7 +166,7 @@ def test_psf_image_model_fit_equals_fit_on_numpy_pixels(x: float, y: float) -> N
 @pytest.mark.parametrize("psf", [GaussianPsf(1.4), EllipticalGaussianPsf(2.2, 0.4, 1.6)], ids=["round", "elliptical"])
 def test_psf_model_reproduces_psf_image(psf: Psf) -> None:
     model = fit_psf_model(psf, 50.3, 40.6)
-    image = psf.unit_sum_image(50.3, 40.6)
+    image = unit_sum_image(psf, 50.3, 40.6)
     grid = np.arange(31) - 15.0
     dy, dx = np.meshgrid(grid + 0.4, grid - 0.3, indexing="ij")  # offsets from (50.3, 40.6): 41 - 40.6, 50 - 50.3
     basis = np.stack([_reference_derivative_basis(c, dx.ravel(), dy.ravel()) for c in model.covariances])
@@ -347,7 +348,7 @@ def _reference_lm(model_and_jacobian, data, p0, lower, upper, tau, gtol, max_ite
 
 
 def _reference_fit_psf_model(psf: Psf, x: float, y: float, config: ModelFluxConfig) -> PsfModel:
-    image = psf.unit_sum_image(x, y)
+    image = unit_sum_image(psf, x, y)
     grid = np.arange(image.shape[0], dtype=np.float64) - image.shape[0] // 2
     dy, dx = np.meshgrid(grid - (y - math.floor(y + 0.5)), grid - (x - math.floor(x + 0.5)), indexing="ij")
     dx, dy, data = dx.ravel(), dy.ravel(), image.ravel()

@@ -12,10 +12,10 @@ from processccd.detection import (
     DetectionConfig,
     detect_sources,
     gaussian_kernel_1d,
-    grow_diamond,
     smooth_middle,
 )
 from processccd.tasks.star_selector import StarSelectorTask
+from reference_impl.detection import grow_diamond
 
 
 def _awkward_float32(rng: np.random.Generator, n: int, kind: int) -> np.ndarray:

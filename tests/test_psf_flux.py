@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from processccd.meas.psf_flux import psf_flux, psf_flux_many, psf_images_at
-from processccd.psf import GaussianPsf
+from processccd.meas.psf_flux import psf_flux_many, psf_images_at
+from reference_impl.psf import GaussianPsf
+from reference_impl.psf_flux import psf_flux
 
 SIGMA = 1.3
 SPACING = 33

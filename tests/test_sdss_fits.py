@@ -10,7 +10,7 @@ import pytest
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss import HduSpan, open_fits, parse_header
+from processccd.sdss.fits import HduSpan, open_fits, parse_header
 
 DEMO_FILES = [
     "4192/40/corr/4/fpC-004192-z4-0300.fit.gz",

@@ -11,7 +11,7 @@ from scipy.optimize import brentq
 
 from processccd.meas import shape as shape_module
 from processccd.meas.shape import adaptive_moments, psf_adaptive_sigma
-from processccd.psf import GaussianPsf
+from reference_impl.psf import GaussianPsf
 
 
 def elliptical_gaussian(

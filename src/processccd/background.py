@@ -22,8 +22,8 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from processccd.errors import CalibrationError
+from processccd.stats import IQR_TO_SIGMA
 
-IQ_TO_STDEV = 0.741301109252802  # interquartile range -> standard deviation of a Gaussian
 SPLINE_MIN_POINTS = 3  # a natural cubic spline needs >= 3 knots (afw/GSL cspline; fewer -> exception)
 
 _CORE_FRACTION = 0.7  # values within this fraction of the first clipping window are summed once
@@ -111,7 +111,7 @@ def _offsets_scratch(size: int) -> np.ndarray:
 def clipped_stats(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3) -> ClippedStats:
     """afw MEANCLIP/STDEVCLIP: `n_iter` passes of mean and n - 1 variance over the pixels kept.
 
-    Pass 1 keeps |v - median| <= n_sigma * IQ_TO_STDEV * IQR; each later pass keeps |v - mean| <= n_sigma * sd
+    Pass 1 keeps |v - median| <= n_sigma * IQR_TO_SIGMA * IQR; each later pass keeps |v - mean| <= n_sigma * sd
     with mean and sd from the previous pass. Sums are accumulated in float64 relative to the median. For
     speed the values well inside the first window (the "core") are summed once; a later pass only rescans
     the rest, as long as its window still contains the core (else it rescans everything).
@@ -125,7 +125,7 @@ def clipped_stats(values: np.ndarray, n_sigma: float = 3.0, n_iter: int = 3) -> 
 
     q25, median, q75 = percentiles(values, (0.25, 0.5, 0.75))
     reference = float(median)
-    centre, half_width = reference, n_sigma * IQ_TO_STDEV * float(q75 - q25)
+    centre, half_width = reference, n_sigma * IQR_TO_SIGMA * float(q75 - q25)
     core_lo, core_hi = centre - _CORE_FRACTION * half_width, centre + _CORE_FRACTION * half_width
     offsets = _offsets_scratch(values.size)
     n_core, fringe = pixel_kernels.split_core(values, core_lo, core_hi, reference, offsets)

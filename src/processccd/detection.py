@@ -212,24 +212,6 @@ def _label_pixels(image: np.ndarray, threshold: np.float32 | np.uint8) -> _Label
     return _LabelledPixels(row[pixel_span], pixel_x, span_footprint[pixel_span], int(roots.size))
 
 
-def lsst_footprint_labels(binary: np.ndarray) -> np.ndarray:
-    """int32 label image of the 8-connected footprints of `binary`: 0 = none, i + 1 = i-th emitted."""
-    pixels = _label_pixels(np.ascontiguousarray(binary, dtype=bool).view(np.uint8), np.uint8(1))
-    labels = np.zeros(np.shape(binary), dtype=np.int32)
-    labels[pixels.y, pixels.x] = pixels.footprint + 1
-    return labels
-
-
-def grow_diamond(binary: np.ndarray, radius: int) -> np.ndarray:
-    """Dilation by the Manhattan ball |dx| + |dy| <= radius, clipped to the array."""
-    from processccd.pixel_kernels import or_diamonds, threshold_spans
-
-    binary = np.ascontiguousarray(binary, dtype=bool)
-    grown = np.zeros(binary.shape, dtype=np.uint8)
-    or_diamonds(grown, *threshold_spans(binary.view(np.uint8), np.uint8(1)), radius, 1)
-    return grown.view(bool)
-
-
 def _build_footprints(
     pixels: _LabelledPixels, smoothed: np.ndarray, include_level: float, min_pixels: int, offset: int
 ) -> Footprints:

@@ -7,13 +7,13 @@ otherwise downloaded from the public `lsst_dm_stack_demo` repository at commit c
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 import urllib.request
 from pathlib import Path
 
+from processccd.butler import file_md5
 from processccd.errors import InputError
 
 log = logging.getLogger("processccd.fetch")
@@ -56,15 +56,6 @@ DEMO_MD5SUMS: dict[str, str] = {
 }
 
 
-def md5sum(path: Path) -> str:
-    """MD5 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _install(source: Path | None, relpath: str, target: Path) -> None:
     """Copy (or download) one file to `target` atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,10 +86,10 @@ def fetch_demo_data(dest: Path, mirror: Path | None = None) -> list[str]:
     installed = []
     for relpath, expected in DEMO_MD5SUMS.items():
         target = dest / relpath
-        if target.is_file() and md5sum(target) == expected:
+        if target.is_file() and file_md5(target) == expected:
             continue
         _install(mirror, relpath, target)
-        actual = md5sum(target)
+        actual = file_md5(target)
         if actual != expected:
             target.unlink()
             raise InputError(f"{relpath}: MD5 checksum mismatch (expected {expected}, got {actual})")

@@ -30,11 +30,6 @@ class Psf:
         """The model at (x, y), centred on the array centre, not normalised, float64 (size x size)."""
         raise NotImplementedError
 
-    def normalized_kernel(self, x: float, y: float) -> np.ndarray:
-        """`kernel(x, y)` divided by its sum (unit-sum, centred, not shifted)."""
-        k = self.kernel(x, y)
-        return k / k.sum()
-
     def compute_image(self, x: float, y: float) -> np.ndarray:
         """Peak-normalised image (kernel / central pixel) shifted by (x - round(x), y - round(y))."""
         k = self.kernel(x, y)
@@ -59,24 +54,6 @@ class Psf:
             k = self.kernels(xs[chunk], ys[chunk])
             images[chunk] = shift_images(k / k[:, c, c][:, None, None], shift_x[chunk], shift_y[chunk])
         return images
-
-    def unit_sum_image(self, x: float, y: float) -> np.ndarray:
-        """`compute_image(x, y)` divided by its sum."""
-        img = self.compute_image(x, y)
-        return img / img.sum()
-
-
-class GaussianPsf(Psf):
-    """A circular Gaussian of width `sigma` pixels, the same at every position."""
-
-    def __init__(self, sigma: float, size: int = KERNEL_SIZE) -> None:
-        self.sigma = float(sigma)
-        self.size = size
-
-    def kernel(self, x: float, y: float) -> np.ndarray:
-        c = self.size // 2
-        yy, xx = np.mgrid[: self.size, : self.size] - c
-        return np.exp(-0.5 * (xx * xx + yy * yy) / self.sigma**2)
 
 
 class SdssKLPsf(Psf):

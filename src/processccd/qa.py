@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from processccd.dataid import DataId
+from processccd.stats import robust_scatter
 
 QA_DIR = "qa"
 FIGURE_INCHES = (16.0, 5.0)
@@ -128,7 +129,7 @@ def _draw_residuals(ax: Any, result: tuple[np.ndarray, np.ndarray] | str, header
         return
     ref, residual = result
     median = float(np.median(residual))
-    scatter = 1.4826 * float(np.median(np.abs(residual - median)))
+    scatter = robust_scatter(residual)
     ax.axhspan(median - scatter, median + scatter, color="tab:red", alpha=0.15, linewidth=0)
     ax.axhline(median, color="tab:red", linewidth=1)
     ax.scatter(ref, residual, s=12, color="tab:blue")

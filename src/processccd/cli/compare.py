@@ -8,8 +8,11 @@ from pathlib import Path
 
 import click
 
+from processccd.comparison import compare_lists
 from processccd.errors import OutputError, ProcessCcdError
-from processccd.export import check_gate, compare_lists, default_gate_path, load_gate, read_list
+from processccd.gate import check_gate, default_gate_path, load_gate
+from processccd.source_list import read_list
+from processccd.text_report import format_report
 
 
 @click.command()
@@ -32,7 +35,7 @@ def main(ours: Path, expected: Path, json_path: Path | None, gate_spec: str | No
         if gate_spec:
             bounds = load_gate(default_gate_path() if gate_spec == "default" else Path(gate_spec))
         report = compare_lists(read_list(ours), read_list(expected), radius_arcsec, frames or None)
-        click.echo(report.format_text(), nl=False)
+        click.echo(format_report(report), nl=False)
         if json_path is not None:
             try:
                 json_path.write_text(json.dumps(report.to_json_dict(), indent=1) + "\n")

@@ -21,7 +21,7 @@ def command(output_repo: Path, id_expressions: tuple[str, ...]) -> None:
 
     from processccd.butler import Butler
     from processccd.dataid import FILTERS, parse_id_expression
-    from processccd.export import COLUMNS, write_list
+    from processccd.source_list import COLUMNS, write_list
     from processccd.table import read_source_columns
 
     butler = Butler(output_repo, output_repo)

@@ -7,8 +7,8 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import j1
 
-from processccd.lanczos import lanczos_shift_matrices, shift_image
-from processccd.meas.psf_flux import gather_stamps, stamp_indices, take_stamps
+from processccd.lanczos import lanczos_shift_matrices
+from processccd.meas.psf_flux import stamp_indices, take_stamps
 
 SINC_SIZE = 31  # coefficient image size; the centre is index (15, 15)
 LANCZOS_ORDER = 5
@@ -38,13 +38,8 @@ def sinc_coefficients(radius: float = 7.0) -> np.ndarray:
     return _sinc_coefficients_cached(float(radius))
 
 
-def shifted_sinc_coefficients(radius: float, x: float, y: float) -> np.ndarray:
-    """Coefficient image shifted by (x − round(x), y − round(y)) with Lanczos-5 (centre on round(x, y))."""
-    return shift_image(sinc_coefficients(radius), x - np.floor(x + 0.5), y - np.floor(y + 0.5), LANCZOS_ORDER)
-
-
 def shifted_sinc_coefficients_many(radius: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """`shifted_sinc_coefficients` for N positions at once, shape (N, 31, 31)."""
+    """The coefficient image shifted by (x − round(x), y − round(y)) with Lanczos-5 for N positions, (N, 31, 31)."""
     xs = np.atleast_1d(np.asarray(xs, dtype=np.float64))
     ys = np.atleast_1d(np.asarray(ys, dtype=np.float64))
     shift_x = lanczos_shift_matrices(xs - np.floor(xs + 0.5), SINC_SIZE, LANCZOS_ORDER)
@@ -70,15 +65,3 @@ def sinc_flux_many(
     flat_index, inside = stamp_indices(image.shape, xs, ys, SINC_SIZE // 2)
     return sinc_flux_of_stamps(take_stamps(image, flat_index, inside), take_stamps(variance, flat_index, inside),
                                shifted_sinc_coefficients_many(radius, xs, ys))
-
-
-def sinc_flux(
-    image: np.ndarray, variance: np.ndarray, x: float, y: float, radius: float = 7.0
-) -> tuple[float, float]:
-    """flux.sinc of one source at (x, y), using `shift_image` directly. Returns (flux, err)."""
-    coefficients = shifted_sinc_coefficients(radius, x, y)
-    data, _ = gather_stamps(image, np.array([x]), np.array([y]), SINC_SIZE // 2)
-    var, _ = gather_stamps(variance, np.array([x]), np.array([y]), SINC_SIZE // 2)
-    flux = float(np.sum(coefficients * data[0]))
-    err = float(np.sqrt(np.sum(coefficients * coefficients * var[0])))
-    return flux, err

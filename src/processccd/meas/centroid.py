@@ -1,20 +1,45 @@
 """Centroids: centroid.sdss and centroid.gaussian as computed by the LSST 2013 stack (measurement-spec.md §3).
 
-Coordinates are 0-based pixel centres, arrays are indexed [y, x]. centroid.sdss runs compiled, per source
-(`sdss_centroid`, the reference) or for all sources of an image in one call (`sdss_centroid_sources`, the
-same values bit for bit); centroid.gaussian has the scalar numpy `gaussian_centroid` (the reference, and the
-path for non-finite pixels) and the compiled `gaussian_centroid_sources` for all sources of an image
-(`centroid_kernels`).
+Coordinates are 0-based pixel centres, arrays are indexed [y, x]. centroid.sdss runs compiled for all sources
+of an image in one call (`sdss_centroid_sources`; its per-source reference `sdss_centroid`, the same values bit
+for bit, is in tests/reference_impl/centroid.py); centroid.gaussian has the scalar numpy `gaussian_centroid`
+(the reference, and the path for non-finite pixels) and the compiled `gaussian_centroid_sources` for all
+sources of an image (`centroid_kernels`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import lapack
 
+from processccd.meas.centroid_constants import (
+    BAD_A,
+    BAD_WIDTH,
+    DIAGONAL,
+    FIT_BOX,
+    FREE_ITERATIONS,
+    LAMBDA_DIVISOR,
+    LAMBDA_OK,
+    LAMBDA_START,
+    LOST_DISTANCE,
+    MAX_ITERATIONS,
+    MAX_RADIUS,
+    MIN_RADIUS,
+    MIN_SIGMA,
+    N_PARAMS,
+    PEAK,
+    RATIO_MIN,
+    RETRIES,
+    SIGMA,
+    SINGULAR,
+    SKY,
+    TOO_CLOSE,
+    TOO_FEW,
+    X0,
+    Y0,
+)
 from processccd.meas.noise_replacement import deltas_by_source
 from processccd.psf import Psf
 
@@ -25,53 +50,8 @@ from processccd.psf import Psf
 KERNEL_SIZE = 31  # the PSF kernel is 31×31
 
 
-@dataclass(frozen=True)
-class SdssCentroidResult:
-    """centroid.sdss: position (px) and the variances of x and y (px²); flag set on failure."""
-
-    x: float
-    y: float
-    err_xx: float
-    err_yy: float
-    flag: bool
-
-
-def sdss_centroid(
-    image: np.ndarray, variance: np.ndarray, x_peak: int, y_peak: int, psf: Psf, psf_sigma: float
-) -> SdssCentroidResult:
-    """centroid.sdss at the peak pixel (x_peak, y_peak) (measurement-spec.md §3).
-
-    The stamp around the peak is binned, smoothed with the local unit-sum PSF kernel and the maximum
-    found from the central 3×3 (quadratic, then quartic refinement); the binning doubles along an axis
-    whose width or offset is too large for the bin (up to a factor 16), compiled in
-    `centroid_kernels.sdss_centroid_kernel`. `psf_sigma` is the adaptive-moment width of the PSF at the
-    peak. On failure (stamp leaves the image, no maximum, ...) the result is the peak pixel with NaN
-    errors and `flag` set.
-    """
-    from processccd.meas import centroid_kernels
-
-    x_peak, y_peak = int(x_peak), int(y_peak)
-    if not psf_sigma > 0.0:
-        raise ValueError(f"the PSF width must be positive, got {psf_sigma}")
-    failed = SdssCentroidResult(x=float(x_peak), y=float(y_peak), err_xx=math.nan, err_yy=math.nan, flag=True)
-    height, width = image.shape
-    if not (0 <= x_peak < width and 0 <= y_peak < height):
-        return failed
-    kernel = psf.normalized_kernel(x_peak, y_peak)
-    if kernel.shape != (KERNEL_SIZE, KERNEL_SIZE):
-        return failed
-    neff = kernel.sum() ** 2 / (kernel * kernel).sum()
-    result = np.empty(4)
-    outcome = centroid_kernels.sdss_centroid_kernel(image, variance, x_peak, y_peak, kernel, float(neff),
-                                                    float(psf_sigma), result)
-    if outcome != centroid_kernels.OK:
-        return failed
-    x, y, err_xx, err_yy = result.tolist()
-    return SdssCentroidResult(x=x, y=y, err_xx=err_xx, err_yy=err_yy, flag=False)
-
-
 def _unit_sum_kernels(psf: Psf, x_peak: np.ndarray, y_peak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`psf.normalized_kernel` at each peak pixel and its neff = (sum k)² / sum k², as `sdss_centroid` computes
+    """The unit-sum `psf.kernel` at each peak pixel and its neff = (sum k)² / sum k², as `sdss_centroid` computes
     them, bit for bit: the kernels come from `psf.kernel` one by one (`psf.kernels` rounds differently), the
     sums are numpy's pairwise sums of each 31×31 kernel (as for a single one) and the square is a scalar
     power, as there."""
@@ -125,24 +105,7 @@ def sdss_centroid_sources(
 # centre, λ schedule, retry count, stopping tests). scipy.optimize.least_squares cannot be used: its
 # trust-region steps, λ updates and stopping criteria differ, and the pixel set changes between calls.
 
-FIT_BOX = 32  # the fit uses a FIT_BOX × FIT_BOX raster starting at start − FIT_BOX/2 (clipped)
-MIN_RADIUS = 0.3  # pixels used have MIN_RADIUS ≤ r/s ≤ MAX_RADIUS
-MAX_RADIUS = 3.5
-LOST_DISTANCE = 3.5  # peak search radius, and the fit stops when the centre moves further
-TOO_CLOSE = 3  # minimum distance of the start pixel from the image edge
-MIN_SIGMA = 1.5  # floor of the first-guess width
-MAX_ITERATIONS = 15
-LAMBDA_START = 1.0
-LAMBDA_DIVISOR = 5.0
-LAMBDA_OK = 1.0e-7
-RATIO_MIN = -1.0e-7
-RETRIES = 4
-FREE_ITERATIONS = 3  # the stopping tests are ignored for iterations 0..FREE_ITERATIONS
-N_PARAMS = 5  # peak A, sky B, x0, y0, s
-PEAK, SKY, X0, Y0, SIGMA = range(N_PARAMS)
-
-# Fit status codes (0 = continue); negative values are fatal.
-TOO_FEW, BAD_WIDTH, DIAGONAL, BAD_A, SINGULAR = -12, -15, -17, -18, -1
+# The fit constants are in `centroid_constants`, shared with the compiled fit (`centroid_kernels`).
 
 
 class _GaussianFit:

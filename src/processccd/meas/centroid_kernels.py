@@ -20,7 +20,7 @@ import math
 import numba
 import numpy as np
 
-from processccd.meas.centroid import (
+from processccd.meas.centroid_constants import (
     BAD_A,
     BAD_WIDTH,
     DIAGONAL,

@@ -47,8 +47,6 @@ DEV_VARIANCES = np.array([1.34654444e-04, 5.04128747e-04, 1.88518562e-03, 7.2043
                           1.25118904e-01, 6.38235086e-01, 4.76437813e00])
 
 BAD_PIXEL_BITS = mask_bit("BAD") | mask_bit("SAT") | mask_bit("INTRP") | mask_bit("CR")
-MAX_LOG_RADIUS = math.log(1e4)  # ellipse radii are capped at 10^4 px (the fit then fails the area test)
-DEGENERATE_COMBO = 1e-8  # 1 - |cos| of the exp and dev model vectors below which they are one model
 
 
 def _kernels() -> ModuleType:

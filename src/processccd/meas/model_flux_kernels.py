@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from processccd.meas.model_flux import DEGENERATE_COMBO, MAX_LOG_RADIUS
+from processccd.meas.model_flux_constants import DEGENERATE_COMBO, MAX_LOG_RADIUS
 
 # reassociation and contraction only: NaN and inf keep their IEEE meaning (the fits test them). With "nsz" and
 # "arcp" too, the code loaded from numba's cache rounded differently from freshly compiled code in most fits

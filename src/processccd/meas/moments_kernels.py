@@ -20,7 +20,7 @@ import math
 import numba
 import numpy as np
 
-from processccd.meas.shape import (
+from processccd.meas.moments_constants import (
     BOX_SIGMAS,
     MAX_BOX_RADIUS,
     MAX_CORNER_EXPONENT,

@@ -36,17 +36,6 @@ def take_stamps(image: np.ndarray, flat_index: np.ndarray, inside: np.ndarray) -
     return np.where(inside, values, 0).astype(np.float64)
 
 
-def gather_stamps(
-    image: np.ndarray, xs: np.ndarray, ys: np.ndarray, half_width: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stamps of size 2*half_width+1 centred on pixels (round(x), round(y)), zero outside the image.
-
-    Returns (stamps (N, n, n) float64, inside (N, n, n) bool).
-    """
-    flat_index, inside = stamp_indices(image.shape, np.atleast_1d(xs), np.atleast_1d(ys), half_width)
-    return take_stamps(image, flat_index, inside), inside
-
-
 def psf_flux_many(
     image: np.ndarray,
     variance: np.ndarray,
@@ -93,11 +82,3 @@ def psf_flux_of_stamps(data: np.ndarray, var: np.ndarray, weights: np.ndarray
 def psf_images_at(psf: Psf, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Stack of `psf.compute_image(x, y)` for every source, shape (N, n, n)."""
     return psf.compute_images(np.atleast_1d(xs), np.atleast_1d(ys))
-
-
-def psf_flux(
-    image: np.ndarray, variance: np.ndarray, x: float, y: float, psf: Psf
-) -> tuple[float, float, float]:
-    """flux.psf of one source at (x, y): returns (flux, err, psf_factor = Σw over the stamp ∩ image)."""
-    flux, err, factor = psf_flux_many(image, variance, np.array([x]), np.array([y]), psf.compute_image(x, y))
-    return float(flux[0]), float(err[0]), float(factor[0])

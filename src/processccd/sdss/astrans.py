@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from processccd.errors import InputError, MissingInputError
-from processccd.sdss import header_number, header_text, open_fits
+from processccd.sdss.fits import header_number, header_text, open_fits
 
 SDSS_PIXEL_OFFSET = 0.5  # SDSS row/col = our 0-based pixel-centre coordinate + 0.5
 

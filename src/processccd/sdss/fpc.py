@@ -9,7 +9,7 @@ import numpy as np
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss import header_number, open_fits
+from processccd.sdss.fits import header_number, open_fits
 
 FPC_SHAPE = (1489, 2048)  # (rows, columns) of an untrimmed SDSS frame
 FPC_BITPIX = 16  # 16-bit pixels, stored signed with BZERO = 32768 (read back as uint16)

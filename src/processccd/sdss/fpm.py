@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from processccd.errors import InputError
-from processccd.sdss import BinTable, FitsFile, header_number, open_fits
+from processccd.sdss.fits import BinTable, FitsFile, header_number, open_fits
 
 PLANE_PREFIX = "S_MASK_"
 SPAN_BYTES = 6  # one span = three big-endian int16: y, x1, x2
@@ -141,10 +141,6 @@ class FpmSpans:
     shape: tuple[int, int]
     spans: dict[str, np.ndarray]
 
-    def plane(self, name: str) -> np.ndarray:
-        """Plane `name` as a boolean image of `shape`."""
-        return rasterize_spans(self.spans[name], self.shape)
-
 
 def read_fpm_spans(path: str | Path, planes: Iterable[str] | None = None) -> FpmSpans:
     """The spans of the mask planes of an fpM file (all planes, or those named in `planes`), checked."""
@@ -168,12 +164,3 @@ def read_fpm_spans(path: str | Path, planes: Iterable[str] | None = None) -> Fpm
             spans[name] = _plane_spans(table, path, name, shape)
     return FpmSpans(shape, spans)
 
-
-def read_fpm(path: str | Path, planes: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """Mask planes of an fpM file, by SDSS name without S_MASK_ (INTERP, SATUR, ..., CR).
-
-    Each plane is a boolean array of the untrimmed frame shape (MASKROWS, MASKCOLS) = (1489, 2048).
-    `planes` restricts the result to the named planes (all by default).
-    """
-    fpm = read_fpm_spans(path, planes)
-    return {name: fpm.plane(name) for name in fpm.spans}

@@ -9,7 +9,7 @@ import numpy as np
 from astropy.io import fits
 
 from processccd.errors import InputError
-from processccd.sdss import BinTable, FitsFile, header_text, open_fits
+from processccd.sdss.fits import BinTable, FitsFile, header_text, open_fits
 from processccd.sdss.tsfield import FILTERS, filter_index
 
 MAX_POLY_TERMS = 5  # c is stored as a 5x5 block; only [:nrow_b, :ncol_b] is meaningful

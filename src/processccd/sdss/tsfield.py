@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from processccd.errors import DataIdError, InputError
-from processccd.sdss import header_number, header_text, open_fits
+from processccd.sdss.fits import header_number, header_text, open_fits
 
 FILTERS = ("u", "g", "r", "i", "z")
 SDSS_EXPTIME = 53.907456  # s, drift-scan exposure time of every SDSS frame

@@ -15,6 +15,7 @@ import numpy as np
 from astropy.table import Table
 
 from processccd.refcat import ReferenceCatalog
+from processccd.sky import unit_vectors
 
 log = logging.getLogger("processCcd.calibrate.astrometry")
 
@@ -55,31 +56,35 @@ class Matches:
                        self.reference_y[index], self.distance_arcsec[index])
 
 
-def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    """(N, 3) unit vectors of sky positions in degrees."""
-    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
-    return np.column_stack((np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)))
-
-
 def closest_pairs(ref_ra: np.ndarray, ref_dec: np.ndarray, src_ra: np.ndarray, src_dec: np.ndarray,
                   radius_arcsec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each reference's closest source within the radius; a source claimed twice stays with the closer reference.
 
-    Sources with non-finite positions never match. Returns (reference index, source index, distance ″),
+    Sources and references with non-finite positions never match. Returns (reference index, source index, distance ″),
     sorted by reference index.
     """
+    from scipy.spatial import cKDTree
+
     empty = np.zeros(0, dtype=np.int64)
     usable = np.flatnonzero(np.isfinite(src_ra) & np.isfinite(src_dec))
-    if len(ref_ra) == 0 or len(usable) == 0:
+    placed = np.flatnonzero(np.isfinite(ref_ra) & np.isfinite(ref_dec))
+    if len(placed) == 0 or len(usable) == 0:
         return empty, empty, np.zeros(0)
-    chord = np.linalg.norm(unit_vectors(ref_ra, ref_dec)[:, None, :]
-                           - unit_vectors(src_ra[usable], src_dec[usable])[None, :, :], axis=2)
-    distance = 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0)) * ARCSEC_PER_RAD  # (n_ref, n_src)
-    nearest = np.argmin(distance, axis=1)
-    nearest_distance = distance[np.arange(len(ref_ra)), nearest]
-    ref_index = np.flatnonzero(nearest_distance <= radius_arcsec)
-    src_index = nearest[ref_index]
-    dist = nearest_distance[ref_index]
+    ref_vectors = unit_vectors(ref_ra[placed], ref_dec[placed])
+    src_vectors = unit_vectors(src_ra[usable], src_dec[usable])
+    # candidate pairs from the k-d trees (chord radius widened by 1e-9 so that rounding loses none); the
+    # distance that decides is computed for each candidate exactly as a dense (n_ref, n_src) matrix would be
+    reach = 2.0 * np.sin(radius_arcsec / ARCSEC_PER_RAD / 2.0) * (1.0 + 1e-9)
+    pairs = cKDTree(ref_vectors).sparse_distance_matrix(cKDTree(src_vectors), reach, output_type="ndarray")
+    chord = np.linalg.norm(ref_vectors[pairs["i"]] - src_vectors[pairs["j"]], axis=1)
+    distance = 2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0)) * ARCSEC_PER_RAD
+    within = distance <= radius_arcsec
+    pair_ref, pair_src, distance = pairs["i"][within], pairs["j"][within], distance[within]
+    by_reference = np.lexsort((pair_src, distance, pair_ref))  # closest first; ties: lower source index
+    _, nearest = np.unique(pair_ref[by_reference], return_index=True)
+    ref_index = placed[pair_ref[by_reference[nearest]]]
+    src_index = pair_src[by_reference[nearest]].astype(np.int64)
+    dist = distance[by_reference[nearest]]
     order = np.lexsort((ref_index, dist))  # closest first; ties: lower reference index first
     _, first = np.unique(src_index[order], return_index=True)
     keep = np.sort(order[first])

@@ -14,11 +14,11 @@ import numpy as np
 
 from processccd.errors import CalibrationError
 from processccd.image import PhotoCalib
+from processccd.stats import IQR_TO_SIGMA
 from processccd.tasks.astrometry import Matches
 
 log = logging.getLogger("processCcd.calibrate.photocal")
 
-IQR_TO_SIGMA = 0.741301109252802  # standard deviation of a Gaussian per unit interquartile range
 HISTOGRAM_BINS = 20  # first iteration: the mode of a 20-bin histogram of dmag
 FWHM_TO_SIGMA = 2.3  # first iteration: sigma = (half-maximum width of the mode) / 2.3
 
