@@ -207,6 +207,28 @@ def test_footprint_pixels_bbox_and_peaks_are_consistent() -> None:
         assert (footprints.peak_x[i], footprints.peak_y[i]) == (px[first_max], py[first_max])
 
 
+def test_first_peak_keeps_a_one_pixel_margin_from_the_searched_region() -> None:
+    """afw found peaks (no strictly larger 8-neighbour) only 1 px or more inside the searched (smoothed middle)
+    region: a star just outside it whose light reaches in does not seed the footprint it shares with a star
+    inside; a footprint without any such peak is seeded at its maximum (on the margin)."""
+    stars = [(60.0, 12.0, 20000.0), (66.0, 24.0, 3000.0),  # one footprint: bright star in the border band
+             (120.0, 12.0, 20000.0),  # alone: its values fall away from the margin row y = 15
+             (100.0, 70.0, 5000.0)]  # an ordinary star
+    image = star_field(np.random.default_rng(0), (120, 160), stars, 0.0, 1.5)
+    config = DetectionConfig(threshold=1.0, threshold_type="value", re_estimate_background=False)
+    footprints = detect_sources(image, np.zeros(image.shape, np.int32), 1.5, config).footprints
+    assert len(footprints) == 3
+    smoothed = smooth_middle(image, 1.5, 31)
+    peaks = sorted(zip(footprints.peak_x.tolist(), footprints.peak_y.tolist(), strict=True))
+    assert peaks == [(66, 24), (100, 70), (120, 15)]
+    for i in range(len(footprints)):
+        py, px = footprints.pixels(i)
+        assert footprints.peak_value[i] == smoothed[footprints.peak_y[i] - 15, footprints.peak_x[i] - 15]
+        if footprints.peak_x[i] == 66:  # the shared footprint's maximum is on the margin row, not its peak
+            assert smoothed[py - 15, px - 15].max() > footprints.peak_value[i]
+            assert py[np.argmax(smoothed[py - 15, px - 15])] == 15
+
+
 def test_footprint_runs_are_the_runs_of_the_label_image() -> None:
     rng = np.random.default_rng(14)
     image = star_field(rng, (300, 320), STARS[:1] + [(200.0, 150.0, 3000.0), (203.0, 153.0, 900.0)], 5.0, 1.5)
