@@ -23,7 +23,10 @@ Each unmatched source is put in one class, tested in this order:
   source lies in no footprint of ours at all;
 - ``other``.
 
-The class counts per frame and overall are printed as a table; --json writes every record.
+The class counts per frame and overall are printed as a table; --json writes every record. --targets also
+prints the figures issue 16 sets targets for (completeness and purity at S/N > 10 and at all S/N, overall and
+worst frame; ids equal; extendedness agreement at S/N > 20, which compare-results has no bin for; combo
+NaN-pattern disagreements; source counts per frame).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from processccd.background import clipped_stdev
 from processccd.butler import Butler
 from processccd.dataid import FILTERS, DataId
 from processccd.detection import detect_sources, smooth_middle
-from processccd.export import COLUMNS, ID_FRAME_SHIFT, frame_label, match_sky, read_list
+from processccd.export import ALL_SCOPE, COLUMNS, ID_FRAME_SHIFT, compare_lists, frame_label, match_sky, read_list
 from processccd.image import MASK_PLANES, mask_bit
 from processccd.table import read_source_columns
 from processccd.tasks.make_exposure import make_exposure
@@ -309,6 +312,34 @@ def format_counts(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def target_figures(ours: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, float]:
+    """The figures of issue 16's targets (see the module docstring)."""
+    report = compare_lists(ours, expected)
+    overall = report.figures[ALL_SCOPE]
+    figures: dict[str, float] = {}
+    for suffix in ("snr10", "all"):
+        for name in ("completeness", "purity"):
+            figures[f"{name}_{suffix}"] = overall[f"{name}_{suffix}"]
+            figures[f"{name}_{suffix}_worst_frame"] = min(report.figures[f][f"{name}_{suffix}"] for f in report.frames)
+    figures["id_equal_all"] = overall["id_equal_all"]
+    figures["nan_mismatch_combo_all"] = overall["nan_mismatch_multishapelet_combo_flux_all"]
+    ours_frame = ours["id"].astype(np.int64) >> ID_FRAME_SHIFT
+    exp_frame = expected["id"].astype(np.int64) >> ID_FRAME_SHIFT
+    agree, total = 0, 0
+    snr_exp = snr_of(expected)
+    for exp_id in np.unique(exp_frame):
+        o_rows, e_rows = np.flatnonzero(ours_frame == exp_id), np.flatnonzero(exp_frame == exp_id)
+        i1, i2, _ = match_sky(ours["coord.ra"][o_rows], ours["coord.dec"][o_rows],
+                              expected["coord.ra"][e_rows], expected["coord.dec"][e_rows], 1.0)
+        bright = snr_exp[e_rows[i2]] > 20
+        agree += int(np.sum(ours["classification.extendedness"][o_rows[i1]][bright]
+                            == expected["classification.extendedness"][e_rows[i2]][bright]))
+        total += int(bright.sum())
+        figures[f"n_src {frame_label(int(exp_id))}"] = int(o_rows.size)
+    figures["agree_extendedness_snr20"] = agree / total if total else float("nan")
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=Path)
@@ -318,6 +349,7 @@ def main() -> None:
     parser.add_argument("--frame", action="append", default=[])
     parser.add_argument("--details", action="store_true", help="print every unmatched source")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--targets", action="store_true", help="also print issue 16's target figures")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     records, counts = diagnose(args.output, args.input, args.expected, args.snr, args.frame)
@@ -326,8 +358,16 @@ def main() -> None:
             print(format_record(rec))
     print(f"unmatched sources at S/N > {args.snr:g} by class")
     print(format_counts(counts))
+    targets = {}
+    if args.targets:
+        expected = {name: np.asarray(read_list(args.expected)[name]) for name in COLUMNS}
+        targets = target_figures(load_ours(args.output), expected)
+        print("\nissue 16 target figures")
+        for name, value in targets.items():
+            print(f"  {name:36s} {value:.4f}" if isinstance(value, float) else f"  {name:36s} {value}")
     if args.json:
-        args.json.write_text(json.dumps({"records": [asdict(r) for r in records], "counts": counts}, indent=1))
+        args.json.write_text(json.dumps({"records": [asdict(r) for r in records], "counts": counts,
+                                         "targets": targets}, indent=1))
 
 
 if __name__ == "__main__":
