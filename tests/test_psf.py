@@ -211,3 +211,13 @@ def test_adaptive_gaussian_width_of_an_elliptical_gaussian_is_sqrt_ab() -> None:
 def test_adaptive_gaussian_width_is_measured_about_the_fitted_centre() -> None:
     # about the stamp centre (15, 15) instead, the moment would gain (0.3^2 + 0.25^2) / 2: width 1.327
     assert adaptive_gaussian_width(gaussian_stamp(15.3, 14.75, 1.3, 1.3)) == pytest.approx(1.3, rel=5e-4)
+
+
+def test_adaptive_gaussian_width_of_a_stamp_too_small_for_the_centroid_fit() -> None:
+    # centroid.gaussian gives no centre within 3 px of an edge: the stamp centre is used
+    from processccd.meas.centroid import gaussian_centroid
+
+    yy, xx = np.indices((5, 5), dtype=np.float64)
+    stamp = np.exp(-0.5 * ((xx - 2.0) ** 2 + (yy - 2.0) ** 2) / 1.0**2)
+    assert np.isnan(gaussian_centroid(stamp, 2.0, 2.0)[0])
+    assert adaptive_gaussian_width(stamp) == pytest.approx(1.0, rel=0.05)  # truncated at 2 sigma

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -169,7 +170,8 @@ def adaptive_gaussian_width(psf_image: np.ndarray) -> float:
     """Width of the Gaussian that 2013 detection smoothed with: meas_algorithms PsfAttributes'
     computeGaussianWidth(ADAPTIVE_MOMENT) of a PSF image.
 
-    Centre: the 2-D Gaussian fit (centroid.gaussian) started at the stamp's (w // 2, h // 2). Moments: a
+    Centre: the 2-D Gaussian fit (centroid.gaussian) started at the stamp's (w // 2, h // 2) (that point
+    itself when the fit gives none). Moments: a
     *circular* adaptive Gaussian weight exp(-w r^2 / 2), w starting at 0.5 and updated to
     1 / sigma_ow - w with sigma_ow = (1/2) sum(I r^2 weight) / sum(I weight), until sigma_ow changes by less
     than 1e-4 relative (at most 100 passes); the width is sqrt(1 / w) of the last weight. The arithmetic
@@ -184,6 +186,8 @@ def adaptive_gaussian_width(psf_image: np.ndarray) -> float:
     image = np.asarray(psf_image, dtype=np.float64)
     height, width = image.shape
     x_centre, y_centre, _ = gaussian_centroid(image, float(width // 2), float(height // 2))
+    if not (math.isfinite(x_centre) and math.isfinite(y_centre)):  # no fit (e.g. a stamp under 8 px): its centre
+        x_centre, y_centre = float(width // 2), float(height // 2)
     x = np.arange(width, dtype=np.float32) - np.float32(x_centre)
     y = np.arange(height, dtype=np.float32) - np.float32(y_centre)
     r2 = (x * x)[None, :] + (y * y)[:, None]  # float32, as (x2 + y2) in float
