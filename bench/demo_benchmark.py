@@ -50,8 +50,7 @@ from astropy.io import fits  # noqa: E402
 from processccd import __version__  # noqa: E402
 from processccd.butler import Butler  # noqa: E402
 from processccd.dataid import DataId  # noqa: E402
-from processccd.meas.shape import psf_adaptive_sigma  # noqa: E402
-from processccd.psf import SdssKLPsf  # noqa: E402
+from processccd.psf import SdssKLPsf, adaptive_gaussian_width  # noqa: E402
 from processccd.tasks.make_exposure import make_exposure  # noqa: E402
 from processccd.tasks.process_ccd import ProcessCcdTask  # noqa: E402
 
@@ -224,7 +223,7 @@ def filtered_noise_factor(kernel: np.ndarray) -> float:
 def frame_psf_sigma(butler: Butler, data_id: DataId) -> float:
     """Adaptive-moment Gaussian width of the psField PSF at the frame centre, as the detection stage uses."""
     psf = SdssKLPsf.from_file(butler.path("psField", data_id), data_id.filter)
-    return psf_adaptive_sigma(psf.compute_image(*PSF_SIGMA_POSITION))
+    return adaptive_gaussian_width(psf.compute_image(*PSF_SIGMA_POSITION))
 
 
 def sextractor_version(executable: str) -> str:

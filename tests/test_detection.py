@@ -206,6 +206,28 @@ def test_footprint_pixels_bbox_and_peaks_are_consistent() -> None:
         assert (footprints.peak_x[i], footprints.peak_y[i]) == (px[first_max], py[first_max])
 
 
+def test_first_peak_keeps_a_one_pixel_margin_from_the_searched_region() -> None:
+    """afw found peaks (no strictly larger 8-neighbour) only 1 px or more inside the searched (smoothed middle)
+    region: a star just outside it whose light reaches in does not seed the footprint it shares with a star
+    inside; a footprint without any such peak is seeded at its maximum (on the margin)."""
+    stars = [(60.0, 12.0, 20000.0), (66.0, 24.0, 3000.0),  # one footprint: bright star in the border band
+             (120.0, 12.0, 20000.0),  # alone: its values fall away from the margin row y = 15
+             (100.0, 70.0, 5000.0)]  # an ordinary star
+    image = star_field(np.random.default_rng(0), (120, 160), stars, 0.0, 1.5)
+    config = DetectionConfig(threshold=1.0, threshold_type="value", re_estimate_background=False)
+    footprints = detect_sources(image, np.zeros(image.shape, np.int32), 1.5, config).footprints
+    assert len(footprints) == 3
+    smoothed = smooth_middle(image, 1.5, 31)
+    peaks = sorted(zip(footprints.peak_x.tolist(), footprints.peak_y.tolist(), strict=True))
+    assert peaks == [(66, 24), (100, 70), (120, 15)]
+    for i in range(len(footprints)):
+        py, px = footprints.pixels(i)
+        assert footprints.peak_value[i] == smoothed[footprints.peak_y[i] - 15, footprints.peak_x[i] - 15]
+        if footprints.peak_x[i] == 66:  # the shared footprint's maximum is on the margin row, not its peak
+            assert smoothed[py - 15, px - 15].max() > footprints.peak_value[i]
+            assert py[np.argmax(smoothed[py - 15, px - 15])] == 15
+
+
 def test_footprint_runs_are_the_runs_of_the_label_image() -> None:
     rng = np.random.default_rng(14)
     image = star_field(rng, (300, 320), STARS[:1] + [(200.0, 150.0, 3000.0), (203.0, 153.0, 900.0)], 5.0, 1.5)
@@ -283,12 +305,6 @@ def test_value_threshold_and_no_background_re_estimation() -> None:
 
 FIELDS = {4192: 300, 6377: 399}
 FILTER_INDEX = {"u": 0, "g": 1, "r": 2, "i": 3, "z": 4}
-# adaptive-moment determinant radius of the psField PSF image at (1024, 680) (spec §1 gives them to 0.01 px;
-# the counts move with changes of ~5e-4 in sigma, so they are given to 1e-5 here)
-PSF_SIGMA = {
-    (4192, "u"): 1.38929, (4192, "g"): 1.28821, (4192, "r"): 1.10097, (4192, "i"): 1.05617, (4192, "z"): 1.15008,
-    (6377, "u"): 1.25465, (6377, "g"): 1.26246, (6377, "r"): 1.03747, (6377, "i"): 1.02153, (6377, "z"): 1.16630,
-}  # fmt: skip
 # spec §5: icSrc = first n - 1, src = n
 IC_SRC_COUNT = {
     (4192, "u"): 20, (4192, "g"): 65, (4192, "r"): 100, (4192, "i"): 116, (4192, "z"): 55,
@@ -321,18 +337,23 @@ def test_calibration_and_final_detection_on_the_demo_frames(demo_dir, run: int, 
     path = demo_dir / f"input/{run}/40/corr/4/fpC-{run:06d}-{filter_name}4-{FIELDS[run]:04d}.fit.gz"
     image = (fits.getdata(path).astype(np.float32) - 1000.0)[:1361]
     mask = np.zeros(image.shape, dtype=np.int32)
-    sigma = PSF_SIGMA[run, filter_name]
+    from processccd.psf import SdssKLPsf, adaptive_gaussian_width
+
+    (psfield,) = sorted(demo_dir.glob(f"input/{run}/*/objcs/*/psField-*.fit"))
+    sigma = adaptive_gaussian_width(SdssKLPsf.from_file(psfield, filter_name).compute_image(1024.0, 680.0))
     first = image - estimate_background(image, mask, 0).image
     calibration = detect_sources(first, mask, sigma, DetectionConfig(include_multiplier=10))
     final = detect_sources(calibration.image, calibration.mask, sigma, DetectionConfig())
 
     assert calibration.n_positive == IC_SRC_COUNT[run, filter_name]
-    assert abs(final.n_positive - SRC_COUNT[run, filter_name]) <= 1  # 8/10 exact; see the report
+    assert final.n_positive == SRC_COUNT[run, filter_name]
     sequence, centroids = expected_rows(demo_dir / "detected-sources.txt.expected", run, filter_name)
     footprints = final.footprints
     distance, _ = cKDTree(np.c_[footprints.peak_x, footprints.peak_y]).query(centroids)
     assert np.mean(distance <= 1.0) > 0.92  # the rest: faint sources whose centroid wandered off the peak
-    if final.n_positive == SRC_COUNT[run, filter_name]:
-        label = footprints.label_image(image.shape)[centroids[:, 1], centroids[:, 0]]
-        inside = label > 0
-        assert np.mean(label[inside] == sequence[inside] - IC_SRC_COUNT[run, filter_name]) > 0.99
+    # the expected sources' centroids lie in the footprints of their own ids (but for a few faint ones whose
+    # centroid wandered into a neighbour)
+    label = footprints.label_image(image.shape)[centroids[:, 1], centroids[:, 0]]
+    inside = label > 0
+    assert np.mean(inside) > 0.9  # i: ~7 % of the centroids (badcentroid peaks, wanderers) lie outside
+    assert np.mean(label[inside] == sequence[inside] - IC_SRC_COUNT[run, filter_name]) > 0.99

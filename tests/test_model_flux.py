@@ -191,6 +191,20 @@ def test_point_source_model_fluxes_match_psf_flux() -> None:
     assert extendedness(psf_value, combo_flux) == 0.0
 
 
+def test_fits_at_the_iteration_limit_keep_their_flux_and_feed_the_combo() -> None:
+    """2013 (multiShapelet FitProfile) recorded the optimizer's iteration limit in flags.maxiter, apart from
+    the flux flag; only the flux flag made the combo skip (NaN)."""
+    psf = EllipticalGaussianPsf(2.0, 0.3, 1.7)
+    x, y, flux = 60.3, 50.7, 2.0e5
+    image, variance, mask = _noisy(_star(psf, flux, x, y), seed=1)
+    ys, xs = _footprint(_star(psf, flux, x, y), 50.0)
+    result = model_fluxes(image, variance, mask, ys, xs, x, y, 2.0, 0.3, 1.7, True, psf,
+                          ModelFluxConfig(max_iterations=2))
+    assert result.exp.max_iter and result.dev.max_iter
+    assert not result.exp.flag and not result.dev.flag and math.isfinite(result.exp.flux)
+    assert not result.combo_flag and math.isfinite(result.combo_flux)
+
+
 def test_exponential_galaxy_flux_and_size() -> None:
     psf = GaussianPsf(1.5)
     x, y, flux, r_e = 60.2, 50.4, 3.0e4, 4.0
@@ -451,7 +465,7 @@ def _reference_fit_profile(profile, psf_model, pixels, q0, config):
     model = _reference_model_vector(profile, q, psf_model, dx, dy) * weight
     norm2 = float(model @ model)
     flux = float(model @ data) / norm2
-    flag = math.pi * math.sqrt(np.linalg.det(q)) >= data.size or max_iter or not math.isfinite(flux)
+    flag = math.pi * math.sqrt(np.linalg.det(q)) >= data.size or not math.isfinite(flux)  # not max_iter
     return flux, 1.0 / math.sqrt(norm2), bool(flag), q
 
 

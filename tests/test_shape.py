@@ -204,12 +204,14 @@ def test_psf_adaptive_sigma_of_gaussian_psf() -> None:
     ],
 )
 def test_sdss_psf_sigmas_match_the_2013_log(demo_dir: Path, run: int, sigmas: dict[str, float]) -> None:
-    from processccd.psf import SdssKLPsf
+    from processccd.psf import SdssKLPsf, adaptive_gaussian_width
 
     (path,) = sorted(demo_dir.glob(f"input/{run}/*/objcs/*/psField-*.fit"))
     for band, expected in sigmas.items():
         psf = SdssKLPsf.from_file(path, band)
-        assert psf_adaptive_sigma(psf.compute_image(1024.0, 680.0)) == pytest.approx(expected, abs=0.01)
+        image = psf.compute_image(1024.0, 680.0)
+        assert psf_adaptive_sigma(image) == pytest.approx(expected, abs=0.01)
+        assert adaptive_gaussian_width(image) == pytest.approx(expected, abs=0.01)  # what detection smooths with
 
 
 def test_large_box_row_chunks_match_the_flat_sums() -> None:

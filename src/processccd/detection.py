@@ -2,7 +2,8 @@
 
 measurement-spec.md §2.1 "Detection": smooth with a normalised separable Gaussian of the PSF width, threshold
 at `threshold` x the clipped stdev of the smoothed image, 8-connected footprints numbered by afw's
-raster-scan / alias rule, grow them (Manhattan metric) only to set the DETECTED mask, mask the negative
+raster-scan / alias rule, seed each at its first peak (afw's peak rule, with its 1-pixel margin from the
+searched region: `_first_peaks`), grow them (Manhattan metric) only to set the DETECTED mask, mask the negative
 detections, then re-estimate and subtract the background with the detections masked. The pixel loops
 (smoothing, runs above threshold, growth) are compiled (`processccd.pixel_kernels`, imported on first use).
 """
@@ -54,7 +55,7 @@ class DetectionConfig:
 class Footprints:
     """Ungrown positive footprints in emitted (source-id) order; pixel coordinates are full-frame."""
 
-    peak_x: np.ndarray  # int64 (N,): position of the maximum of the smoothed image in the footprint
+    peak_x: np.ndarray  # int64 (N,): position of the first peak (`_first_peaks`) of the smoothed image
     peak_y: np.ndarray
     peak_value: np.ndarray  # float64 (N,): smoothed value there
     bbox: np.ndarray  # int64 (N, 4): x0, y0, x1, y1 inclusive
@@ -234,11 +235,8 @@ def _build_footprints(
     if n_kept == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Footprints(empty, empty, np.zeros(0), np.zeros((0, 4), np.int64), offsets, ys, xs)
-    # maximum per footprint; ties go to the first pixel in raster order
     starts = offsets[:-1]
-    peak_value = np.maximum.reduceat(values, starts)
-    at_peak = np.flatnonzero(values == np.repeat(peak_value, np.diff(offsets)))
-    first = at_peak[np.searchsorted(at_peak, starts)]
+    first = _first_peaks(smoothed, ys - offset, xs - offset, values, starts, np.diff(offsets))
     bbox = np.stack(
         [
             np.minimum.reduceat(xs, starts),
@@ -249,6 +247,34 @@ def _build_footprints(
         axis=1,
     )
     return Footprints(xs[first], ys[first], values[first].astype(np.float64), bbox, offsets, ys, xs)
+
+
+def _first_peaks(smoothed: np.ndarray, ys: np.ndarray, xs: np.ndarray, values: np.ndarray, starts: np.ndarray,
+                 counts: np.ndarray) -> np.ndarray:
+    """Index (into ys/xs/values, grouped by footprint from `starts`, raster order within) of each footprint's
+    first peak, as afw FootprintSet found and sorted them (measurement seeds on it).
+
+    A peak is a pixel with no strictly larger 8-neighbour; pixels on the first and last row and column of
+    the searched `smoothed` region are never peaks (afw's peak finder kept a 1-pixel margin from the edge
+    of the image it searched). Peaks are sorted by decreasing value, ties in raster order; a footprint with
+    no peak (its maximum lies on that margin and the values fall away from it) gets its maximum instead,
+    ties to the first pixel in raster order.
+    """
+    height, width = smoothed.shape
+    is_peak = (ys > 0) & (ys < height - 1) & (xs > 0) & (xs < width - 1)
+    inner_y, inner_x, inner_value = ys[is_peak], xs[is_peak], values[is_peak]
+    inner_peak = np.ones(inner_y.size, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                inner_peak &= ~(smoothed[inner_y + dy, inner_x + dx] > inner_value)
+    is_peak[is_peak] = inner_peak
+    best_peak = np.maximum.reduceat(np.where(is_peak, values, -np.inf), starts)
+    no_peak = best_peak == -np.inf
+    best = np.where(no_peak, np.maximum.reduceat(values, starts), best_peak)
+    eligible = (values == np.repeat(best, counts)) & (is_peak | np.repeat(no_peak, counts))
+    at_best = np.flatnonzero(eligible)
+    return at_best[np.searchsorted(at_best, starts)]
 
 
 def _negative_runs(smoothed: np.ndarray, level: float, include_level: float

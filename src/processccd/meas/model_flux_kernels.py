@@ -699,8 +699,10 @@ def fit_profile(variances: np.ndarray, fluxes: np.ndarray, psf_rows: np.ndarray,
                 q0: tuple[float, float, float], tau: float, gtol: float, max_iterations: int,
                 min_axis_ratio: float, min_radius: float, full_psf: bool) -> np.ndarray:
     """One profile fit (layout FIT_FIELDS): the LM ellipse fit with the Gaussian part of the PSF model, then
-    the flux F = m.d / m.m and error 1/|m| with the full PSF model; flagged when the fit ran out of iterations,
-    its ellipse's area reaches the number of pixels, or the flux is not finite."""
+    the flux F = m.d / m.m and error 1/|m| with the full PSF model; flagged when its ellipse's area reaches
+    the number of pixels or the flux is not finite. A fit that ran out of iterations is recorded (max_iter)
+    but keeps its flux unflagged: 2013 kept the optimizer's iteration limit in a separate flag
+    (flags.maxiter), and only the flux flag stopped the combo fit."""
     n_psf, n_profile = psf_rows.shape[0], variances.size
     n_gauss = n_psf * n_profile
     scales, offsets, mixture = np.empty(n_gauss), np.empty((n_gauss, 3)), np.empty(n_gauss)
@@ -730,7 +732,7 @@ def fit_profile(variances: np.ndarray, fluxes: np.ndarray, psf_rows: np.ndarray,
     det = qxx * qyy - qxy * qxy
     large_area = (math.pi * math.sqrt(det) if det > 0 else 0.0) >= dx.size
     result[0], result[1] = flux, 1.0 / math.sqrt(norm2)
-    result[2] = 1.0 if (large_area or max_iter or not math.isfinite(flux)) else 0.0
+    result[2] = 1.0 if (large_area or not math.isfinite(flux)) else 0.0
     result[3], result[4], result[5], result[7] = qxx, qxy, qyy, 1.0 if max_iter else 0.0
     return result
 

@@ -17,7 +17,7 @@ from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
 from processccd.image import Exposure, mask_bit, write_hdus
 from processccd.meas.classification import extendedness
-from processccd.meas.shape import psf_adaptive_sigma
+from processccd.psf import adaptive_gaussian_width
 from processccd.refcat import resolve_catalog_path
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, write_source_table
 from processccd.tasks.apcorr import ApertureCorrection, apply_aperture_correction
@@ -108,8 +108,9 @@ class ProcessCcdTask:
                                 ap_corr_central=calibration.ap_corr_central)
 
     def psf_sigma(self, exposure: Exposure) -> float:
-        """Adaptive-moment width of the PSF where detection evaluates it (2013: the frame centre)."""
-        return psf_adaptive_sigma(exposure.psf.compute_image(*self.config.psf_sigma_position))
+        """Width of the detection smoothing Gaussian: PsfAttributes' circular adaptive-moment width of the PSF
+        where detection evaluates it (2013: the frame centre)."""
+        return adaptive_gaussian_width(exposure.psf.compute_image(*self.config.psf_sigma_position))
 
     def seeing_arcsec(self, exposure: Exposure) -> float:
         """FWHM [arcsec] of the PSF model at the frame centre: 2 sqrt(2 ln 2) x its adaptive-moment sigma."""
