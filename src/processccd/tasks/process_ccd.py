@@ -17,6 +17,7 @@ from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
 from processccd.image import Exposure, mask_bit, write_hdus
 from processccd.meas.classification import extendedness
+from processccd.meas.shape import psf_adaptive_sigma
 from processccd.psf import adaptive_gaussian_width
 from processccd.refcat import resolve_catalog_path
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, write_source_table
@@ -115,7 +116,8 @@ class ProcessCcdTask:
     def seeing_arcsec(self, exposure: Exposure) -> float:
         """FWHM [arcsec] of the PSF model at the frame centre: 2 sqrt(2 ln 2) x its adaptive-moment sigma."""
         height, width = exposure.shape
-        sigma = psf_adaptive_sigma(exposure.psf.normalized_kernel((width - 1) / 2.0, (height - 1) / 2.0))
+        kernel = exposure.psf.kernel((width - 1) / 2.0, (height - 1) / 2.0)
+        sigma = psf_adaptive_sigma(kernel / kernel.sum())
         pixel_scale = 3600.0 * float(np.sqrt(abs(np.linalg.det(exposure.wcs.pixel_scale_matrix))))
         return FWHM_PER_SIGMA * sigma * pixel_scale
 
