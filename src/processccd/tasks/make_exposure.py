@@ -16,7 +16,7 @@ from processccd.dataid import DataId
 from processccd.errors import InputError, MissingInputError
 from processccd.image import FPM_TO_MASK_PLANE, Exposure, PhotoCalib, mask_bit
 from processccd.psf import SdssKLPsf
-from processccd.sdss import header_number
+from processccd.sdss.fits import header_number
 from processccd.sdss.fpc import FpcFrame
 from processccd.sdss.fpm import paint_spans
 from processccd.wcs import fit_tan_sip, wcs_from_fpc_header
