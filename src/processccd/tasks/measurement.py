@@ -14,18 +14,28 @@ from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
 from processccd.meas.centroid import gaussian_centroid, gaussian_centroid_sources, sdss_centroid_sources
+from processccd.meas.circular_aperture import circular_aperture_fluxes
 from processccd.meas.gaussian_flux import (
     gaussian_flux_from_batch,
     gaussian_flux_from_moments,
     gaussian_flux_psf_factor_batch,
 )
+from processccd.meas.kron_flux import kron_fluxes
 from processccd.meas.model_flux import ModelFluxConfig, PsfModelCache, fit_psf_model, model_fluxes
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
 from processccd.meas.psf_flux import nearest_pixel, psf_flux_of_stamps, stamp_indices, take_stamps
 from processccd.meas.shape import adaptive_moments, adaptive_moments_sources, psf_adaptive_sigma_batch
 from processccd.psf import Psf
-from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
+from processccd.table import (
+    EXTRA_SCHEMA,
+    KRON_SCHEMA,
+    SOURCE_SCHEMA,
+    Column,
+    circular_aperture_prefix,
+    circular_aperture_schema,
+    empty_columns,
+)
 
 SEQUENCE_BITS = 26  # source id = exposure id << 26 | sequence number
 
@@ -41,6 +51,19 @@ class MeasurementConfig:
     gaussian_flux_shiftmax: float = 10.0  # flux.gaussian: the same for its own adaptive moments
     model_fluxes: bool = True  # multishapelet exp / dev / combo fluxes (2013: final stage only)
     model_flux: ModelFluxConfig = field(default_factory=ModelFluxConfig)
+    # --- LSST-2020 profile (configs/processCcd-lsst2020.yaml); each off by default ---
+    circular_aperture_radii: tuple[float, ...] = field(default=(), metadata={"doc": (
+        "circular aperture fluxes flux.circular.<r> at these radii [px] (photutils, exact overlap; "
+        "LSST 2020: 3, 4.5, 6, 9, 12, 17, 25, 35, 50, 70); empty = off (2013)")})
+    kron_flux: bool = field(default=False, metadata={"doc": (
+        "flux.kron: SExtractor AUTO flux with sep (Kron factor 2.5, minimum radius 3.5, shape from the "
+        "adaptive moments); false = off (2013)")})
+
+
+def measurement_schema(config: MeasurementConfig) -> list[Column]:
+    """The columns MeasurementTask fills with `config`: the 2013 ones, then those of the options turned on."""
+    schema = SOURCE_SCHEMA + EXTRA_SCHEMA + circular_aperture_schema(config.circular_aperture_radii)
+    return schema + (KRON_SCHEMA if config.kron_flux else [])
 
 
 @contextmanager
@@ -95,7 +118,7 @@ class MeasurementTask:
         log = logging.getLogger(logger_name)
         n = len(footprints)
         log.info("Measuring %d sources", n)
-        cols = empty_columns(n, SOURCE_SCHEMA + EXTRA_SCHEMA)
+        cols = empty_columns(n, measurement_schema(self.config))
         cols["id"] = (np.int64(exposure.exposure_id) << SEQUENCE_BITS) + first_sequence + np.arange(n)
         if n == 0:
             return cols
@@ -124,6 +147,12 @@ class MeasurementTask:
             self._shapes(cols, image, variance, replacer)
         with timed("flux.psf + flux.sinc"):
             psf_images = self._linear_fluxes(cols, image, variance, psf, replacer)
+        if self.config.circular_aperture_radii:
+            with timed("flux.circular"):
+                self._circular_apertures(cols, image, variance, exposure.mask, replacer)
+        if self.config.kron_flux:
+            with timed("flux.kron"):
+                self._kron_fluxes(cols, image, variance, replacer)
         if self.config.model_fluxes:
             with timed("multishapelet"):
                 for i in range(n):
@@ -216,6 +245,27 @@ class MeasurementTask:
         cols["flux.sinc"], cols["flux.sinc.err"] = sinc_flux_of_stamps(data, var, coefficients)
         cols["flux.gaussian.psffactor"] = gaussian_flux_psf_factor_batch(psf_images)
         return psf_images
+
+    def _circular_apertures(self, cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray,
+                            mask: np.ndarray, replacer: NoiseReplacer | None) -> None:
+        """flux.circular.<r> of all sources at their centroids (each with its own footprint put back)."""
+        radii = self.config.circular_aperture_radii
+        result = circular_aperture_fluxes(image, variance, mask, cols["centroid.sdss.x"], cols["centroid.sdss.y"],
+                                          radii, None if replacer is None else replacer.footprint_deltas())
+        for k, radius in enumerate(radii):
+            prefix = circular_aperture_prefix(radius)
+            cols[prefix], cols[f"{prefix}.err"] = result.flux[k], result.flux_err[k]
+            cols[f"{prefix}.flags.offimage"], cols[f"{prefix}.flags.masked"] = result.off_image[k], result.masked[k]
+
+    @staticmethod
+    def _kron_fluxes(cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray,
+                     replacer: NoiseReplacer | None) -> None:
+        """flux.kron of all sources (sep), each with its own footprint put back."""
+        prepare, restore = (None, None) if replacer is None else (replacer.insert, replacer.remove)
+        result = kron_fluxes(image, variance, cols["centroid.sdss.x"], cols["centroid.sdss.y"], cols["shape.sdss.ixx"],
+                             cols["shape.sdss.iyy"], cols["shape.sdss.ixy"], prepare, restore)
+        cols["flux.kron"], cols["flux.kron.err"] = result.flux, result.flux_err
+        cols["flux.kron.radius"], cols["flux.kron.flags"] = result.radius, result.flag
 
     def _model_fluxes(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray,
                       mask: np.ndarray, psf: Psf, psf_image: np.ndarray, footprint: tuple[np.ndarray, np.ndarray]

@@ -19,12 +19,12 @@ from processccd.image import Exposure, mask_bit, write_hdus
 from processccd.meas.classification import extendedness
 from processccd.meas.shape import psf_adaptive_sigma
 from processccd.refcat import resolve_catalog_path
-from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, write_source_table
+from processccd.table import write_source_table
 from processccd.tasks.apcorr import ApertureCorrection, apply_aperture_correction
 from processccd.tasks.astrometry import write_match_table
 from processccd.tasks.calibrate import CalibrateConfig, CalibrateResult, CalibrateTask
 from processccd.tasks.make_exposure import MakeExposureConfig, make_exposure
-from processccd.tasks.measurement import MeasurementConfig, MeasurementTask
+from processccd.tasks.measurement import MeasurementConfig, MeasurementTask, measurement_schema
 
 log = logging.getLogger("processCcd")
 
@@ -172,9 +172,10 @@ class ProcessCcdTask:
         put("calexpBackground", data_id, lambda p: _write_image(p, background, exposure, "BACKGROUND"))
         put("psf", data_id, lambda p: exposure.psf.write_fits(p))
         header = {"EXPID": exposure.exposure_id, "PCCDVER": __version__}
-        schema = SOURCE_SCHEMA + EXTRA_SCHEMA
-        put("icSrc", data_id, lambda p: write_source_table(p, ic_columns, schema, header))
-        put("src", data_id, lambda p: write_source_table(p, src_columns, schema, header))
+        ic_schema = measurement_schema(self.config.calibrate_measurement)
+        src_schema = measurement_schema(self.config.measurement)
+        put("icSrc", data_id, lambda p: write_source_table(p, ic_columns, ic_schema, header))
+        put("src", data_id, lambda p: write_source_table(p, src_columns, src_schema, header))
         put("icMatch", data_id,
             lambda p: write_match_table(p, calibration.matches, ic_columns["id"], exposure.filter))
         put("apCorr", data_id, lambda p: calibration.ap_corr.write_yaml(p))
