@@ -10,7 +10,7 @@ detections, then re-estimate and subtract the background with the detections mas
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +42,10 @@ class DetectionConfig:
     min_pixels: int = 1
     re_estimate_background: bool = True
     bin_size: int = 512
+    edge_margin: int | None = field(default=None, metadata={"doc": (
+        "detect positive sources to this many px from the frame edges (smoothing kernel renormalised where "
+        "it overhangs; pixels where it does not fit stay EDGE, so these sources get flags.pixel.edge, as in "
+        "LSST); null = only where the whole kernel fits (2013); LSST 2020: 3")})
 
     def __post_init__(self) -> None:
         if self.threshold_type not in ("stdev", "value"):
@@ -143,6 +147,26 @@ def smooth_middle(image: np.ndarray, sigma: float, kernel_size: int) -> np.ndarr
     from processccd.pixel_kernels import smooth_symmetric
 
     return smooth_symmetric(np.ascontiguousarray(image, dtype=np.float32), taps, border)
+
+
+def smooth_to_edges(image: np.ndarray, sigma: float, kernel_size: int, margin: int, middle: np.ndarray
+                    ) -> np.ndarray:
+    """The smoothed image on the frame shrunk by `margin` px (float32): `middle` (smooth_middle's result) where
+    the whole kernel fits, elsewhere the image correlated with the kernel renormalised to the pixels it
+    covers (scipy.ndimage.correlate1d with zeros outside, divided by the kernel's sum inside)."""
+    from scipy import ndimage
+
+    border = kernel_size // 2
+    taps = gaussian_kernel_1d(sigma, kernel_size)
+    data = np.asarray(image, dtype=np.float64)
+    smoothed = ndimage.correlate1d(ndimage.correlate1d(data, taps, axis=1, mode="constant"), taps, axis=0,
+                                   mode="constant")
+    weight_x = ndimage.correlate1d(np.ones(image.shape[1]), taps, mode="constant")
+    weight_y = ndimage.correlate1d(np.ones(image.shape[0]), taps, mode="constant")
+    smoothed /= weight_y[:, None] * weight_x[None, :]
+    smoothed = smoothed.astype(np.float32)
+    smoothed[border:image.shape[0] - border, border:image.shape[1] - border] = middle
+    return smoothed[margin:image.shape[0] - margin, margin:image.shape[1] - margin]
 
 
 def _resolve(parent: np.ndarray) -> np.ndarray:
@@ -324,8 +348,14 @@ def detect_sources(
         logging.getLogger(logger_name).warning("threshold %g is not positive (no noise): nothing detected", threshold)
         threshold = include_level = np.inf
 
-    pixels = _label_pixels(smoothed, float32_at_least(threshold))
-    footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, border)
+    if config.edge_margin is not None and config.edge_margin < border:
+        margin = max(config.edge_margin, 0)
+        to_edges = smooth_to_edges(image, psf_sigma, config.kernel_size, margin, smoothed)
+        pixels = _label_pixels(to_edges, float32_at_least(threshold))
+        footprints = _build_footprints(pixels, to_edges, include_level, config.min_pixels, margin)
+    else:
+        pixels = _label_pixels(smoothed, float32_at_least(threshold))
+        footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, border)
     n_grow = int(config.n_sigma_to_grow * psf_sigma + 0.5)
     or_diamonds(mask, *footprints.runs(), n_grow, detected)
     rows, firsts, lasts = _negative_runs(smoothed, threshold, include_level)

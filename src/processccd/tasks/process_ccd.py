@@ -117,10 +117,11 @@ class ProcessCcdTask:
         ignored = sum(mask_bit(p) for p in BackgroundConfig().ignored_mask_planes)
         background = estimate_background(exposure.image, exposure.mask, ignored, config.background_bin_size)
         exposure.image = (exposure.image - background.image).astype(np.float32, copy=False)
-        detection = self._detect(exposure, self.psf_sigma(exposure), config.calibrate_detection,
-                                 "processCcd.calibrate.detection")
+        psf_sigma = self.psf_sigma(exposure)
+        detection = self._detect(exposure, psf_sigma, config.calibrate_detection, "processCcd.calibrate.detection")
         columns = MeasurementTask(config.calibrate_measurement).run(
-            exposure, detection.footprints, first_sequence=1, logger_name="processCcd.calibrate.measurement")
+            exposure, detection.footprints, first_sequence=1, logger_name="processCcd.calibrate.measurement",
+            threshold=detection.threshold, psf_sigma=psf_sigma)
         catalog_path = resolve_catalog_path(config.calibrate.reference_catalog.path, self.butler.input_root)
         calibration = CalibrateTask(config.calibrate, catalog_path).run(exposure, columns)
         log.debug("calibration (matching, apCorr, photocal) took %.3f s", calibration.seconds)
@@ -134,14 +135,16 @@ class ProcessCcdTask:
         With `earlier` (the calibration stage), the result's background is the total of its backgrounds and
         this stage's, formed before the measurement (whose memory peak then holds one image, not three);
         `earlier.backgrounds` is emptied."""
-        detection = self._detect(exposure, self.psf_sigma(exposure), self.config.detection, "processCcd.detection")
-        footprints, backgrounds = detection.footprints, (detection.background,)
+        psf_sigma = self.psf_sigma(exposure)
+        detection = self._detect(exposure, psf_sigma, self.config.detection, "processCcd.detection")
+        footprints, backgrounds, threshold = detection.footprints, (detection.background,), detection.threshold
         del detection
         if earlier is not None:
             backgrounds = (total_background(earlier.backgrounds + backgrounds),)
             earlier.backgrounds = ()
         columns = MeasurementTask(self.config.measurement).run(exposure, footprints, first_sequence,
-                                                               logger_name="processCcd.measurement")
+                                                               logger_name="processCcd.measurement",
+                                                               threshold=threshold, psf_sigma=psf_sigma)
         if ap_corr is not None:
             apply_aperture_correction(columns, ap_corr)
         if self.config.measurement.model_fluxes:
