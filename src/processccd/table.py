@@ -212,6 +212,14 @@ def _header_values(raw: bytes, start: int, path: Path) -> tuple[dict[str, str | 
     raise ValueError(f"{path}: FITS header at byte {start} has no END card")
 
 
+def source_column_names(path: Path) -> tuple[str, ...]:
+    """The column names of a source table written by `write_source_table` (numpy alone, as read_source_columns)."""
+    raw = Path(path).read_bytes()
+    _, table_start = _header_values(raw, 0, path)
+    header, _ = _header_values(raw, table_start, path)
+    return tuple(str(header.get(f"TTYPE{i}", "")) for i in range(1, int(header.get("TFIELDS", 0)) + 1))
+
+
 def read_source_columns(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Columns `names` of a source table written by `write_source_table`, read with numpy alone.
 

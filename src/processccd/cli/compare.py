@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from processccd.errors import OutputError, ProcessCcdError
-from processccd.export import check_gate, compare_lists, default_gate_path, load_gate, read_list
+from processccd.export import check_gate, compare_lists, default_gate_path, load_gate
+from processccd.schema2020 import read_list_any
 
 
 @click.command()
@@ -26,12 +27,14 @@ from processccd.export import check_gate, compare_lists, default_gate_path, load
               show_default=True, help="Match radius in arcsec.")
 def main(ours: Path, expected: Path, json_path: Path | None, gate_spec: str | None,
          frames: tuple[str, ...], radius_arcsec: float) -> None:
-    """Match OURS to EXPECTED per frame by sky position and print completeness, purity and agreement."""
+    """Match OURS to EXPECTED per frame by sky position and print completeness, purity and agreement.
+
+    Either list may be of the 2013 schema (40 columns) or the 2020 one (export-results --schema 2020)."""
     try:
         bounds = []
         if gate_spec:
             bounds = load_gate(default_gate_path() if gate_spec == "default" else Path(gate_spec))
-        report = compare_lists(read_list(ours), read_list(expected), radius_arcsec, frames or None)
+        report = compare_lists(read_list_any(ours), read_list_any(expected), radius_arcsec, frames or None)
         click.echo(report.format_text(), nl=False)
         if json_path is not None:
             try:
