@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processccd.detection import Footprints, gaussian_kernel_1d
+from processccd.detection import Footprints, smooth_middle
 
 SEP_FIELDS = ("x", "y", "x2", "y2", "xy", "cflux", "xcpeak", "ycpeak", "cpeak")
 
@@ -47,22 +47,15 @@ def deblend_labels(image: np.ndarray, footprints: Footprints, psf_sigma: float, 
     """Label of every footprint pixel (in `Footprints.all_pixels` order) after photutils' deblend_sources:
     multi-thresholding (`nlevels` exponential levels, `contrast`) and watershed of the image smoothed by a
     Gaussian of `smoothing` x psf_sigma (0: unsmoothed), within each footprint holding two or more local
-    maxima of that image (the others cannot split). Labels are arbitrary positive integers; a footprint
-    that was not split keeps one label."""
+    maxima of that image (the others cannot split: this only spares photutils the work). Labels are arbitrary
+    positive integers; a footprint that was not split keeps one label."""
     from astropy.utils.exceptions import AstropyUserWarning
     from photutils.segmentation import SegmentationImage, deblend_sources
-    from scipy import ndimage
 
-    data = np.ascontiguousarray(image, dtype=np.float32)
-    if smoothing > 0:
-        half = int(np.ceil(4.0 * smoothing * psf_sigma))
-        taps = gaussian_kernel_1d(smoothing * psf_sigma, 2 * half + 1)
-        data = ndimage.correlate1d(ndimage.correlate1d(data, taps, axis=1, mode="constant"), taps, axis=0,
-                                   mode="constant")
+    data = _smoothed(image, smoothing * psf_sigma, 4.0) if smoothing > 0 else np.asarray(image, np.float32)
     labels = footprints.label_image(image.shape)
     source, ys, xs = footprints.all_pixels()
-    local_max = ndimage.maximum_filter(np.where(labels > 0, data, -np.inf), size=3, mode="constant",
-                                       cval=-np.inf)[ys, xs] == data[ys, xs]
+    local_max = _local_maxima(data, labels, ys, xs)
     candidates = np.flatnonzero(np.bincount(source[local_max], minlength=len(footprints)) >= 2) + 1
     if len(candidates) == 0:
         return labels[ys, xs].astype(np.int64)
@@ -72,6 +65,31 @@ def deblend_labels(image: np.ndarray, footprints: Footprints, psf_sigma: float, 
                                     n_levels=nlevels, contrast=contrast, mode="exponential", relabel=False,
                                     progress_bar=False)
     return deblended.data[ys, xs].astype(np.int64)
+
+
+def _smoothed(image: np.ndarray, sigma: float, extent: float) -> np.ndarray:
+    """float32 image correlated with a unit-sum Gaussian of `sigma` truncated at `extent` sigma (compiled,
+    `detection.smooth_middle`); 0 within the kernel's half-width of the edges."""
+    half = int(np.ceil(extent * sigma))
+    smoothed = np.zeros(image.shape, np.float32)
+    smoothed[half:image.shape[0] - half, half:image.shape[1] - half] = smooth_middle(image, sigma, 2 * half + 1)
+    return smoothed
+
+
+def _local_maxima(data: np.ndarray, labels: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Whether each footprint pixel (ys, xs) is >= its 8 neighbours of the same footprint."""
+    height, width = data.shape
+    values = data[ys, xs]
+    own = labels[ys, xs]
+    peak = np.ones(len(ys), dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dx == 0 and dy == 0:
+                continue
+            ny, nx = np.clip(ys + dy, 0, height - 1), np.clip(xs + dx, 0, width - 1)
+            same = labels[ny, nx] == own
+            peak &= ~same | (values >= data[ny, nx])
+    return peak
 
 
 def segment_footprints(image: np.ndarray, footprints: Footprints, threshold: float, psf_sigma: float,
@@ -91,23 +109,25 @@ def segment_footprints(image: np.ndarray, footprints: Footprints, threshold: flo
     child_parent, child_label = child_pairs[:, 0].astype(np.int64), child_pairs[:, 1]
     children = _child_footprints(image, source, ys, xs, label, child_parent, child_label)
     moments = np.full((n + len(child_parent), 3), np.nan)
-    moments[:n] = sep_moments(image, footprints, threshold, psf_sigma)
+    filtered = _smoothed(image, psf_sigma, 3.0)
+    moments[:n] = sep_moments(image, footprints, threshold, psf_sigma, filtered)
     if len(child_parent):
-        moments[n:] = sep_moments(image, children, threshold, psf_sigma)
+        moments[n:] = sep_moments(image, children, threshold, psf_sigma, filtered)
     return Segmentation(children, child_parent, moments)
 
 
-def sep_moments(image: np.ndarray, footprints: Footprints, threshold: float, psf_sigma: float) -> np.ndarray:
-    """(x2, y2, xy) of each footprint as sep.extract measures the objects of a given segmentation map (on the
-    image filtered as detection smooths it); NaN for a footprint sep returns no object for."""
+def sep_moments(image: np.ndarray, footprints: Footprints, threshold: float, psf_sigma: float,
+                filtered: np.ndarray | None = None) -> np.ndarray:
+    """(x2, y2, xy) of each footprint as sep.extract measures the objects of a given segmentation map on the
+    image filtered as SExtractor filters it (a unit-sum Gaussian of `psf_sigma` to 3 sigma; `filtered`: that
+    image, when already made); NaN for a footprint sep returns no object for."""
     import sep
 
-    half = int(np.ceil(3.0 * psf_sigma))
-    taps = gaussian_kernel_1d(psf_sigma, 2 * half + 1)
-    data = np.ascontiguousarray(image, dtype=np.float32)
+    if filtered is None:
+        filtered = _smoothed(image, psf_sigma, 3.0)
     labels = footprints.label_image(image.shape)
-    objects, segmap = sep.extract(data, float(threshold), filter_kernel=np.outer(taps, taps), filter_type="conv",
-                                  minarea=1, deblend_nthresh=1, clean=False, segmentation_map=labels)
+    objects, segmap = sep.extract(filtered, float(threshold), filter_kernel=None, minarea=1, deblend_nthresh=1,
+                                  clean=False, segmentation_map=labels)
     moments = np.full((len(footprints), 3), np.nan)
     if len(objects):
         index = segmap[footprints.peak_y, footprints.peak_x].astype(np.int64) - 1
