@@ -63,8 +63,9 @@ def inject(image: np.ndarray, psf, positions: np.ndarray, fluxes: np.ndarray) ->
         image[y0:y1, x0:x1] += (flux * stamp / stamp.sum())[sy0:sy0 + y1 - y0, sx0:sx0 + x1 - x0].astype(image.dtype)
 
 
-def measure_frame(data_id: DataId, config_files: list[Path], n_stars: int, seed: int) -> np.ndarray:
-    """flux.psf / injected flux of the usable injected stars of one frame."""
+def measure_frame(data_id: DataId, config_files: list[Path], n_stars: int, seed: int, column: str = "flux.psf"
+                  ) -> np.ndarray:
+    """`column` (flux.psf) / injected flux of the usable injected stars of one frame."""
     config = load_config(config_files)
     with tempfile.TemporaryDirectory() as output:
         task = ProcessCcdTask(Butler(ROOT / "input", output), config)
@@ -90,7 +91,7 @@ def measure_frame(data_id: DataId, config_files: list[Path], n_stars: int, seed:
     usable = (distance < 0.5) & (neighbours == 1) & (snr[index] > 50)
     if "deblend.nchild" in cols:
         usable &= (cols["deblend.nchild"][index] == 0) & (cols["parent"][index] == 0)
-    return cols["flux.psf"][index[usable]] / fluxes[usable]
+    return cols[column][index[usable]] / fluxes[usable]
 
 
 def robust(values: np.ndarray) -> tuple[float, float]:
