@@ -153,20 +153,34 @@ def smooth_to_edges(image: np.ndarray, sigma: float, kernel_size: int, margin: i
                     ) -> np.ndarray:
     """The smoothed image on the frame shrunk by `margin` px (float32): `middle` (smooth_middle's result) where
     the whole kernel fits, elsewhere the image correlated with the kernel renormalised to the pixels it
-    covers (scipy.ndimage.correlate1d with zeros outside, divided by the kernel's sum inside)."""
+    covers (scipy.ndimage.correlate1d with zeros outside, divided by the kernel's sum inside), computed on
+    the four border strips only."""
     from scipy import ndimage
 
     border = kernel_size // 2
+    height, width = image.shape
     taps = gaussian_kernel_1d(sigma, kernel_size)
+    weight_x = ndimage.correlate1d(np.ones(width), taps, mode="constant")
+    weight_y = ndimage.correlate1d(np.ones(height), taps, mode="constant")
     data = np.asarray(image, dtype=np.float64)
-    smoothed = ndimage.correlate1d(ndimage.correlate1d(data, taps, axis=1, mode="constant"), taps, axis=0,
-                                   mode="constant")
-    weight_x = ndimage.correlate1d(np.ones(image.shape[1]), taps, mode="constant")
-    weight_y = ndimage.correlate1d(np.ones(image.shape[0]), taps, mode="constant")
-    smoothed /= weight_y[:, None] * weight_x[None, :]
-    smoothed = smoothed.astype(np.float32)
-    smoothed[border:image.shape[0] - border, border:image.shape[1] - border] = middle
-    return smoothed[margin:image.shape[0] - margin, margin:image.shape[1] - margin]
+    smoothed = np.zeros(image.shape, np.float32)
+    smoothed[border:height - border, border:width - border] = middle
+
+    def renormalised(rows: slice, columns: slice, out_rows: slice, out_columns: slice) -> None:
+        """Smooth the block `rows` x `columns` (zeros beyond) and keep `out_rows` x `out_columns` of it
+        (block coordinates), whose kernels reach past the block only where the image ends."""
+        block = ndimage.correlate1d(ndimage.correlate1d(data[rows, columns], taps, axis=1, mode="constant"), taps,
+                                    axis=0, mode="constant")[out_rows, out_columns]
+        y0, x0 = rows.start + out_rows.start, columns.start + out_columns.start
+        ys, xs = slice(y0, y0 + block.shape[0]), slice(x0, x0 + block.shape[1])
+        smoothed[ys, xs] = block / (weight_y[ys, None] * weight_x[None, xs])
+
+    reach = 2 * border  # input rows / columns the border strip's kernels touch
+    renormalised(slice(0, reach), slice(0, width), slice(0, border), slice(0, width))
+    renormalised(slice(height - reach, height), slice(0, width), slice(border, reach), slice(0, width))
+    renormalised(slice(0, height), slice(0, reach), slice(border, height - border), slice(0, border))
+    renormalised(slice(0, height), slice(width - reach, width), slice(border, height - border), slice(border, reach))
+    return smoothed[margin:height - margin, margin:width - margin]
 
 
 def _resolve(parent: np.ndarray) -> np.ndarray:
