@@ -55,7 +55,8 @@ class StageResult:
 
     @property
     def n_sources(self) -> int:
-        return len(self.footprints)
+        """Rows of the catalogue: the footprints, and their deblended children when deblending is on."""
+        return len(self.columns["id"])
 
 
 @dataclass
