@@ -1,6 +1,6 @@
 """Benchmark (not a test): CPU seconds per frame of each pipeline stage on the 10 demo frames, one core.
 
-    .venv/bin/python bench/benchmark.py [--repeat 3] [--frames N] [--json FILE]
+    .venv/bin/python bench/benchmark.py [--repeat 3] [--frames N] [--json FILE] [--config-file FILE]
 
 Stages: make_exposure (read the five inputs, variance, mask, WCS fit, PSF), calibrate (background,
 bright detection, icSrc measurement, matching, aperture correction, zero point), detection (final) and
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from processccd.butler import Butler
+from processccd.config import load_config
 from processccd.dataid import DataId
 from processccd.tasks.make_exposure import make_exposure
 from processccd.tasks.measurement import MeasurementTask
@@ -40,10 +41,12 @@ def time_frame(task: ProcessCcdTask, data_id: DataId) -> dict[str, float]:
     t1 = clock()
     calib = task.calibrate_stage(exposure)
     t2 = clock()
-    detection = task._detect(exposure, task.psf_sigma(exposure), task.config.detection, "bench")
+    psf_sigma = task.psf_sigma(exposure)
+    detection = task._detect(exposure, psf_sigma, task.config.detection, "bench")
     t3 = clock()
     measurement = MeasurementTask(task.config.measurement)
-    columns = measurement.run(exposure, detection.footprints, calib.n_sources + 1, "bench")
+    columns = measurement.run(exposure, detection.footprints, calib.n_sources + 1, "bench", detection.threshold,
+                              psf_sigma)
     t4 = clock()
     background = total_background(calib.backgrounds + (detection.background,))
     task._write(data_id, exposure, background, calib.columns, columns, calib.calibration)
@@ -60,10 +63,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--frames", type=int, default=len(FRAMES))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--config-file", type=Path, action="append", default=[],
+                        help="process-ccd config file(s) on top of the defaults, e.g. configs/processCcd-lsst2020.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as output:
-        task = ProcessCcdTask(Butler(ROOT / "input", output))
+        task = ProcessCcdTask(Butler(ROOT / "input", output), load_config(args.config_file))
         time_frame(task, FRAMES[0])  # warm-up (imports, caches)
         results = {}
         for data_id in FRAMES[: args.frames]:

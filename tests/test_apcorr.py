@@ -11,6 +11,7 @@ from processccd.dataid import DataId
 from processccd.image import Exposure, PhotoCalib
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
 from processccd.tasks.apcorr import (
+    ApCorrConfig,
     ApCorrStars,
     ApCorrTask,
     ApertureCorrection,
@@ -148,3 +149,30 @@ def test_application_formula() -> None:
     assert columns["multishapelet.exp.flux"][0] == pytest.approx(0.98 * 800 * 20 / 16)
     assert columns["multishapelet.exp.flux.err"][0] == pytest.approx(np.hypot(0.98 * 10, 0.002 * 1000))
     assert columns["multishapelet.exp.flux"][1] == 1600.0
+
+
+def test_circular_reference_flux_includes_the_wings_the_7px_sinc_aperture_misses(tmp_path) -> None:
+    """Stars of 90 % σ = 1.5 px core and 10 % σ = 5 px halo: a 12-px circle holds 1 - 0.1 exp(-12²/50) =
+    99.44 % of the flux, a 7-px one 1 - 0.1 exp(-7²/50) = 96.25 % (the core is all in both): the circular
+    reference's ratios are 1.0331 times the sinc ones."""
+    positions = [(60.3, 60.7), (200.0, 60.2), (330.6, 70.1), (80.2, 150.5), (210.9, 160.4), (320.1, 230.8),
+                 (70.5, 235.0), (190.4, 230.3)]
+    core = _exposure_with_stars(positions, flux=0.9e6)
+    halo = _exposure_with_stars(positions, flux=0.1e6, sigma=5.0)
+    exposure = _exposure_with_stars([], flux=0.0)
+    exposure.image = core.image + halo.image - exposure.image  # one noise realisation too many, subtracted
+    columns = empty_columns(len(positions), SOURCE_SCHEMA + EXTRA_SCHEMA)
+    columns["id"] = np.arange(1, len(positions) + 1)
+    columns["centroid.sdss.x"] = np.array([p[0] for p in positions])
+    columns["centroid.sdss.y"] = np.array([p[1] for p in positions])
+    sinc = ApCorrTask().run(exposure, columns, np.arange(len(positions)))
+    circular = ApCorrTask(ApCorrConfig(reference_flux="flux.circular")).run(exposure, columns,
+                                                                          np.arange(len(positions)))
+    expected = (1 - 0.1 * np.exp(-144 / 50)) / (1 - 0.1 * np.exp(-49 / 50))
+    np.testing.assert_allclose(circular.stars.ratio / sinc.stars.ratio, expected, rtol=0.002)
+    path = tmp_path / "apCorr.yaml"
+    circular.write_yaml(path)
+    assert "flux.circular/flux.psf" in path.read_text()
+    back = ApertureCorrection.read_yaml(path)
+    assert back.reference_flux == "flux.circular"
+    np.testing.assert_array_equal(back.stars.flux_sinc, circular.stars.flux_sinc)

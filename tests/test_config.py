@@ -112,3 +112,35 @@ def test_dump_is_loadable_and_hash_and_diff_follow_the_values():
     assert config_hash(config) == config_hash(ProcessCcdConfig()) != config_hash(changed)
     assert config_diff(config_to_dict(config), config_to_dict(changed)) == ["detection.threshold: 5.0 -> 6.0"]
     assert config_diff({"a": 1}, {"b": 2}) == ["a: 1 -> '<absent>'", "b: '<absent>' -> 2"]
+
+
+def test_show_config_documents_the_lsst2020_keys_and_stays_valid_yaml():
+    import yaml
+
+    from processccd.config import config_to_dict, dump_config, load_config
+
+    config = load_config()
+    text = dump_config(config, documented=True)
+    assert yaml.safe_load(text) == config_to_dict(config)
+    lines = text.splitlines()
+    for key in ("circular_aperture_radii", "kron_flux", "deblend", "edge_margin", "reference_flux"):
+        above = [lines[i - 1] for i, line in enumerate(lines) if line.strip().startswith(f"{key}:")]
+        assert above and all(line.strip().startswith("# ") for line in above), key
+    assert dump_config(config) == "\n".join(line for line in lines if not line.strip().startswith("# ")
+                                            or line.startswith("# processCcd")) + "\n"
+
+
+def test_lsst2020_profile_turns_every_key_on(tmp_path):
+    from pathlib import Path
+
+    from processccd.config import load_config
+
+    profile = load_config([Path(__file__).resolve().parents[1] / "configs" / "processCcd-lsst2020.yaml"])
+    default = load_config()
+    assert profile.measurement.deblend and not default.measurement.deblend
+    assert profile.measurement.kron_flux and not default.measurement.kron_flux
+    assert profile.measurement.circular_aperture_radii == (3.0, 4.5, 6.0, 9.0, 12.0, 17.0, 25.0, 35.0, 50.0, 70.0)
+    assert default.measurement.circular_aperture_radii == ()
+    assert profile.detection.edge_margin == 3 and default.detection.edge_margin is None
+    assert profile.calibrate.ap_corr.reference_flux == "flux.circular"
+    assert default.calibrate.ap_corr.reference_flux == "flux.sinc"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -15,6 +16,7 @@ from processccd.detection import (
     gaussian_kernel_1d,
     smooth_middle,
 )
+from processccd.meas.pixel_flags import pixel_flags
 from processccd.pixel_kernels import threshold_spans
 from reference_impl.detection import grow_diamond, lsst_footprint_labels
 
@@ -357,3 +359,37 @@ def test_calibration_and_final_detection_on_the_demo_frames(demo_dir, run: int, 
     inside = label > 0
     assert np.mean(inside) > 0.9  # i: ~7 % of the centroids (badcentroid peaks, wanderers) lie outside
     assert np.mean(label[inside] == sequence[inside] - IC_SRC_COUNT[run, filter_name]) > 0.99
+
+
+def test_edge_margin_detects_sources_near_the_edges_and_leaves_the_middle_unchanged():
+    """A star 5 px from the left edge is found only with edge_margin (3 px), its footprint touches EDGE
+    (flags.pixel.edge, as LSST sets it); the middle star's footprint is the 2013 one, pixel for pixel."""
+    from processccd.detection import smooth_to_edges
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:100, :120]
+    image = rng.normal(0.0, 3.0, yy.shape)
+    for x, y in ((5.2, 50.3), (60.4, 48.8)):
+        image += 3000.0 / (2 * np.pi * 1.5**2) * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / 1.5**2)
+    image = image.astype(np.float32)
+    mask = np.zeros(image.shape, np.uint16)
+    base = DetectionConfig(re_estimate_background=False)
+    default = detect_sources(image, mask, 1.5, base)
+    near = detect_sources(image, mask, 1.5, dataclasses.replace(base, edge_margin=3))
+    assert len(default.footprints) == 1 and len(near.footprints) == 2
+    edge_star = int(np.argmin(near.footprints.peak_x))
+    assert near.footprints.peak_x[edge_star] == 5 and near.footprints.peak_y[edge_star] == 50
+    flags = pixel_flags(near.mask, *near.footprints.pixels(edge_star), 5.2, 50.3)
+    assert flags["edge"]
+    middle = 1 - edge_star
+    for a, b in zip(near.footprints.pixels(middle), default.footprints.pixels(0), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the renormalised smoothing, against a brute-force normalised 2-d correlation
+    kernel = np.outer(*(2 * [np.exp(-0.5 * (np.arange(31) - 15) ** 2 / 1.5**2)]))
+    padded = np.pad(image.astype(np.float64), 15)
+    ones = np.pad(np.ones(image.shape), 15)
+    for y, x in ((3, 3), (50, 4), (96, 60), (10, 116)):
+        window = np.s_[y:y + 31, x:x + 31]
+        expected = np.sum(padded[window] * kernel) / np.sum(ones[window] * kernel)
+        smoothed = smooth_to_edges(image, 1.5, 31, 3, np.zeros((70, 90), np.float32))
+        assert smoothed[y - 3, x - 3] == pytest.approx(expected, rel=1e-5, abs=1e-4)

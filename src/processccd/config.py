@@ -225,10 +225,40 @@ def _merge_checked(cls: type, data: dict[str, Any], override: dict[str, Any], so
 
 
 # --- the config in force, on disk ------------------------------------------------------------
-def dump_config(config: Any) -> str:
-    """YAML text of the config (sorted keys, block style)."""
+def dump_config(config: Any, documented: bool = False) -> str:
+    """YAML text of the config (sorted keys, block style); `documented`: a comment line above every key
+    whose dataclass field carries `metadata={"doc": ...}`."""
     header = "# processCcd configuration in force (process-ccd --show-config)\n"
-    return header + yaml.safe_dump(config_to_dict(config), sort_keys=True, default_flow_style=False)
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=True, default_flow_style=False)
+    return header + (_with_docs(text, config_docs(type(config))) if documented else text)
+
+
+def config_docs(cls: type, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> documentation of every field of `cls` (and its nested dataclasses) that has one."""
+    docs = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "doc" in f.metadata:
+            docs[f"{prefix}{f.name}"] = f.metadata["doc"]
+        if dataclasses.is_dataclass(hints[f.name]):
+            docs.update(config_docs(hints[f.name], f"{prefix}{f.name}."))
+    return docs
+
+
+def _with_docs(text: str, docs: dict[str, str]) -> str:
+    """The block-style YAML `text` with '# doc' lines above the keys of `docs`."""
+    lines: list[str] = []
+    path: list[str] = []
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        indent = (len(line) - len(stripped)) // 2
+        if not stripped.startswith("- ") and ":" in stripped:
+            path = path[:indent] + [stripped.split(":", 1)[0]]
+            doc = docs.get(".".join(path))
+            if doc:
+                lines.append(f"{'  ' * indent}# {doc}")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def config_hash(config: Any) -> str:

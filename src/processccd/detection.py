@@ -11,7 +11,7 @@ detections, then re-estimate and subtract the background with the detections mas
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -43,6 +43,10 @@ class DetectionConfig:
     min_pixels: int = 1
     re_estimate_background: bool = True
     bin_size: int = 512
+    edge_margin: int | None = field(default=None, metadata={"doc": (
+        "detect positive sources to this many px from the frame edges (smoothing kernel renormalised where "
+        "it overhangs; pixels where it does not fit stay EDGE, so these sources get flags.pixel.edge, as in "
+        "LSST); null = only where the whole kernel fits (2013); LSST 2020: 3")})
 
     def __post_init__(self) -> None:
         if self.threshold_type not in ("stdev", "value"):
@@ -144,6 +148,40 @@ def smooth_middle(image: np.ndarray, sigma: float, kernel_size: int) -> np.ndarr
     from processccd.pixel_kernels import smooth_symmetric
 
     return smooth_symmetric(np.ascontiguousarray(image, dtype=np.float32), taps, border)
+
+
+def smooth_to_edges(image: np.ndarray, sigma: float, kernel_size: int, margin: int, middle: np.ndarray
+                    ) -> np.ndarray:
+    """The smoothed image on the frame shrunk by `margin` px (float32): `middle` (smooth_middle's result) where
+    the whole kernel fits, elsewhere the image correlated with the kernel renormalised to the pixels it
+    covers (scipy.ndimage.correlate1d with zeros outside, divided by the kernel's sum inside), computed on
+    the four border strips only."""
+    from scipy import ndimage
+
+    border = kernel_size // 2
+    height, width = image.shape
+    taps = gaussian_kernel_1d(sigma, kernel_size)
+    weight_x = ndimage.correlate1d(np.ones(width), taps, mode="constant")
+    weight_y = ndimage.correlate1d(np.ones(height), taps, mode="constant")
+    data = np.asarray(image, dtype=np.float64)
+    smoothed = np.zeros(image.shape, np.float32)
+    smoothed[border:height - border, border:width - border] = middle
+
+    def renormalised(rows: slice, columns: slice, out_rows: slice, out_columns: slice) -> None:
+        """Smooth the block `rows` x `columns` (zeros beyond) and keep `out_rows` x `out_columns` of it
+        (block coordinates), whose kernels reach past the block only where the image ends."""
+        block = ndimage.correlate1d(ndimage.correlate1d(data[rows, columns], taps, axis=1, mode="constant"), taps,
+                                    axis=0, mode="constant")[out_rows, out_columns]
+        y0, x0 = rows.start + out_rows.start, columns.start + out_columns.start
+        ys, xs = slice(y0, y0 + block.shape[0]), slice(x0, x0 + block.shape[1])
+        smoothed[ys, xs] = block / (weight_y[ys, None] * weight_x[None, xs])
+
+    reach = 2 * border  # input rows / columns the border strip's kernels touch
+    renormalised(slice(0, reach), slice(0, width), slice(0, border), slice(0, width))
+    renormalised(slice(height - reach, height), slice(0, width), slice(border, reach), slice(0, width))
+    renormalised(slice(0, height), slice(0, reach), slice(border, height - border), slice(0, border))
+    renormalised(slice(0, height), slice(width - reach, width), slice(border, height - border), slice(border, reach))
+    return smoothed[margin:height - margin, margin:width - margin]
 
 
 def _resolve(parent: np.ndarray) -> np.ndarray:
@@ -332,8 +370,14 @@ def detect_sources(
         logging.getLogger(logger_name).warning("threshold %g is not positive (no noise): nothing detected", threshold)
         threshold = include_level = np.inf
 
-    pixels = _label_pixels(smoothed, float32_at_least(threshold))
-    footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, border)
+    if config.edge_margin is not None and config.edge_margin < border:
+        margin = max(config.edge_margin, 0)
+        to_edges = smooth_to_edges(image, psf_sigma, config.kernel_size, margin, smoothed)
+        pixels = _label_pixels(to_edges, float32_at_least(threshold))
+        footprints = _build_footprints(pixels, to_edges, include_level, config.min_pixels, margin)
+    else:
+        pixels = _label_pixels(smoothed, float32_at_least(threshold))
+        footprints = _build_footprints(pixels, smoothed, include_level, config.min_pixels, border)
     n_grow = int(config.n_sigma_to_grow * psf_sigma + 0.5)
     or_diamonds(mask, *footprints.runs(), n_grow, detected)
     rows, firsts, lasts = _negative_runs(smoothed, threshold, include_level)

@@ -88,6 +88,35 @@ EXTRA_SCHEMA: list[Column] = [
 ]
 
 
+# Columns of the LSST-2020 profile's measurements, present only when they are configured (MeasurementConfig).
+def circular_aperture_prefix(radius: float) -> str:
+    """'flux.circular.4_5' for 4.5 px (LSST's base_CircularApertureFlux_4_5)."""
+    return "flux.circular." + f"{float(radius):.1f}".replace(".", "_")
+
+
+def circular_aperture_schema(radii: tuple[float, ...]) -> list[Column]:
+    """flux, error and flags of the circular aperture flux of each radius."""
+    columns = []
+    for radius in radii:
+        prefix = circular_aperture_prefix(radius)
+        columns += [*_flux(prefix, f"flux in a circle of radius {radius:g} px (exact pixel overlap)"),
+                    Column(f"{prefix}.flags.offimage", "?", "", "the aperture is not entirely on the image"),
+                    Column(f"{prefix}.flags.masked", "?", "", "a BAD, SAT, INTRP or CR pixel overlaps the aperture")]
+    return columns
+
+
+KRON_SCHEMA: list[Column] = [
+    *_flux("flux.kron", "Kron (SExtractor AUTO) flux, factor 2.5, minimum radius 3.5"),
+    Column("flux.kron.radius", "f8", "", "Kron radius in units of the adaptive-moment ellipse (sep)"),
+    Column("flux.kron.flags", "?", "", "no shape, Kron radius or sum failed (sep flags)"),
+]
+
+DEBLEND_SCHEMA: list[Column] = [
+    Column("parent", "i8", "", "id of the parent of a deblended child; 0 for a parent or isolated source"),
+    Column("deblend.nchild", "i4", "", "number of deblended children of this footprint (0: not deblended)"),
+]
+
+
 def empty_columns(n: int, schema: list[Column]) -> dict[str, np.ndarray]:
     """Columns of length n with their initial values: NaN for floats, False for flags, 0 for ints."""
     columns = {}
@@ -182,6 +211,14 @@ def _header_values(raw: bytes, start: int, path: Path) -> tuple[dict[str, str | 
             text, number = match.groups()
             values.setdefault(key, text.replace("''", "'").rstrip() if number is None else int(number))
     raise ValueError(f"{path}: FITS header at byte {start} has no END card")
+
+
+def source_column_names(path: Path) -> tuple[str, ...]:
+    """The column names of a source table written by `write_source_table` (numpy alone, as read_source_columns)."""
+    raw = Path(path).read_bytes()
+    _, table_start = _header_values(raw, 0, path)
+    header, _ = _header_values(raw, table_start, path)
+    return tuple(str(header.get(f"TTYPE{i}", "")) for i in range(1, int(header.get("TFIELDS", 0)) + 1))
 
 
 def read_source_columns(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ import click
 from processccd.comparison import compare_lists
 from processccd.errors import OutputError, ProcessCcdError
 from processccd.gate import check_gate, default_gate_path, load_gate
-from processccd.source_list import read_list
+from processccd.schema2020 import read_list_any
 from processccd.text_report import format_report
 
 
@@ -29,12 +29,14 @@ from processccd.text_report import format_report
               show_default=True, help="Match radius in arcsec.")
 def main(ours: Path, expected: Path, json_path: Path | None, gate_spec: str | None,
          frames: tuple[str, ...], radius_arcsec: float) -> None:
-    """Match OURS to EXPECTED per frame by sky position and print completeness, purity and agreement."""
+    """Match OURS to EXPECTED per frame by sky position and print completeness, purity and agreement.
+
+    Either list may be of the 2013 schema (40 columns) or the 2020 one (export-results --schema 2020)."""
     try:
         bounds = []
         if gate_spec:
             bounds = load_gate(default_gate_path() if gate_spec == "default" else Path(gate_spec))
-        report = compare_lists(read_list(ours), read_list(expected), radius_arcsec, frames or None)
+        report = compare_lists(read_list_any(ours), read_list_any(expected), radius_arcsec, frames or None)
         click.echo(format_report(report), nl=False)
         if json_path is not None:
             try:

@@ -15,14 +15,18 @@ from processccd.errors import DataIdError, ProcessCcdError
 @click.argument("output_repo", metavar="OUTPUT", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--id", "id_expressions", multiple=True, metavar="'KEY=V1^V2 ...'",
               help="Only these data ids (default: every src catalogue in OUTPUT).")
-def command(output_repo: Path, id_expressions: tuple[str, ...]) -> None:
+@click.option("--schema", type=click.Choice(["2013", "2020"]), default="2013", show_default=True,
+              help="2013: the 40-column list of the 2013 demo; 2020: LSST meas_base names, every measured column "
+                   "the src tables have (parents and deblended children).")
+def command(output_repo: Path, id_expressions: tuple[str, ...], schema: str) -> None:
     """Frames in the order filter u, g, r, i, z, then run, camcol, field; sources in id order."""
     import numpy as np
 
     from processccd.butler import Butler
     from processccd.dataid import FILTERS, parse_id_expression
+    from processccd.schema2020 import exported_columns, write_list_2020
     from processccd.source_list import COLUMNS, write_list
-    from processccd.table import read_source_columns
+    from processccd.table import read_source_columns, source_column_names
 
     butler = Butler(output_repo, output_repo)
     data_ids = butler.discover_outputs("src")
@@ -43,12 +47,17 @@ def command(output_repo: Path, id_expressions: tuple[str, ...]) -> None:
         for data_id in data_ids:
             path = butler.path("src", data_id)
             try:
-                columns = read_source_columns(path, COLUMNS)
+                names = COLUMNS if schema == "2013" else tuple(exported_columns(source_column_names(path)))
+                columns = read_source_columns(path, names)
             except (OSError, ValueError) as err:
                 raise ProcessCcdError(f"{path}: unreadable src catalogue ({err})") from err
             order = np.argsort(columns["id"], kind="stable")
             frames.append({name: values[order] for name, values in columns.items()})
-        write_list({name: np.concatenate([frame[name] for frame in frames]) for name in COLUMNS}, sys.stdout)
+        names = tuple(frames[0])
+        if any(tuple(frame) != names for frame in frames):
+            raise ProcessCcdError("the src catalogues have different columns (made with different configurations)")
+        merged = {name: np.concatenate([frame[name] for frame in frames]) for name in names}
+        (write_list if schema == "2013" else write_list_2020)(merged, sys.stdout)
     except ProcessCcdError as err:
         click.echo(f"export-results: error: {err}", err=True)
         sys.exit(err.exit_code)

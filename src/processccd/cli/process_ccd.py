@@ -113,7 +113,7 @@ def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_rep
     except ConfigError as err:
         fail(err, debug)
     if show_config:
-        click.echo(dump_config(config), nl=False)
+        click.echo(dump_config(config, documented=True), nl=False)
         return
     if input_repo is None:
         fail(DataIdError("missing INPUT repository argument"), debug)

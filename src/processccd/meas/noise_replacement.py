@@ -252,6 +252,31 @@ class NoiseReplacer:
         """original - noise of every footprint pixel, float64 (the measurement steps each ask for it)."""
         return self._original.astype(np.float64) - self._noise
 
+    def extended(self, extra_index: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> NoiseReplacer:
+        """A replacer of the same image and noise with footprints n..n+m-1 added (extra_index 0..m-1), made of
+        pixels of the existing footprints (deblended children, or any sub-footprints): inserting one restores
+        only its own pixels, its deltas are those of its pixels. The noise is not drawn again."""
+        width = int(max(self._xs.max(initial=0), np.max(xs, initial=0))) + 1
+        flat = self._ys * width + self._xs
+        sorter = np.argsort(flat)
+        extra_flat = np.asarray(ys, dtype=np.int64) * width + np.asarray(xs, dtype=np.int64)
+        position = sorter[np.searchsorted(flat, extra_flat, sorter=sorter)]
+        if not np.array_equal(flat[position], extra_flat):
+            raise ValueError("extra footprints must be made of pixels of the existing footprints")
+        n = self.n_footprints
+        extra_index = np.asarray(extra_index, dtype=np.int64)
+        m = int(extra_index.max()) + 1 if len(extra_index) else 0
+        order = np.argsort(extra_index, kind="stable")
+        new = object.__new__(NoiseReplacer)
+        new._image, new.mean, new.stdev = self._image, self.mean, self.stdev
+        new._index = np.concatenate([self._index, extra_index[order] + n])
+        new._ys = np.concatenate([self._ys, self._ys[position][order]])
+        new._xs = np.concatenate([self._xs, self._xs[position][order]])
+        new._starts = np.searchsorted(new._index, np.arange(n + m + 1))
+        new._original = np.concatenate([self._original, self._original[position][order]])
+        new._noise = np.concatenate([self._noise, self._noise[position][order]])
+        return new
+
     def end(self) -> None:
         """Restore the original pixels of every footprint."""
         self._image[self._ys, self._xs] = self._original

@@ -9,9 +9,9 @@ weighted least squares with rows multiplied by 1/σ² (effective weights 1/σ⁴
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -19,6 +19,7 @@ import yaml
 from processccd.butler import dump_yaml
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import sinc_flux_many
+from processccd.meas.circular_aperture import circular_aperture_fluxes
 from processccd.meas.psf_flux import psf_flux_many, psf_images_at
 
 log = logging.getLogger("processCcd.calibrate.apCorr")
@@ -41,6 +42,10 @@ class ApCorrConfig:
     sinc_radius: float = 7.0  # radius of the flux.sinc aperture [pixels]
     reject_flags: tuple[str, ...] = ("flags.pixel.interpolated.center",)  # stars with these flags are not used
     centre: tuple[float, float] | None = None  # where the central value is logged; None: (W/2, H/2)
+    reference_flux: Literal["flux.sinc", "flux.circular"] = field(default="flux.sinc", metadata={"doc": (
+        "the flux flux.psf is corrected to: flux.sinc of sinc_radius (2013) or flux.circular, the circular "
+        "aperture of circular_radius (photutils, exact overlap; LSST 2020: 12 px)")})
+    circular_radius: float = field(default=12.0, metadata={"doc": "radius [px] of the flux.circular reference"})
 
 
 def polynomial_terms(x: np.ndarray, y: np.ndarray, order: int) -> np.ndarray:
@@ -76,6 +81,7 @@ class ApertureCorrection:
     error: float
     n_candidates: int  # stars offered to the fit (the selected stars)
     stars: ApCorrStars
+    reference_flux: str = "flux.sinc"  # the flux the correction leads to (ApCorrConfig.reference_flux)
 
     @property
     def n_stars(self) -> int:
@@ -92,7 +98,7 @@ class ApertureCorrection:
         """Plain-data form for YAML."""
         stars = self.stars
         return {
-            "description": "aperture correction flux.sinc/flux.psf; a(x, y) = sum of coefficient * term, "
+            "description": f"aperture correction {self.reference_flux}/flux.psf; a(x, y) = sum of coefficient * term, "
                            "terms y^(d-k) x^k for d = 0..order, k = 0..d, raw 0-based pixel coordinates",
             "order": self.order,
             "coefficients": [float(c) for c in self.coefficients],
@@ -100,7 +106,7 @@ class ApertureCorrection:
             "n_candidates": int(self.n_candidates),
             "stars": [
                 {"id": int(stars.ids[i]), "x": float(stars.x[i]), "y": float(stars.y[i]),
-                 "flux.psf": float(stars.flux_psf[i]), "flux.sinc": float(stars.flux_sinc[i]),
+                 "flux.psf": float(stars.flux_psf[i]), self.reference_flux: float(stars.flux_sinc[i]),
                  "ratio": float(stars.ratio[i]), "ratio.err": float(stars.ratio_err[i])}
                 for i in range(len(stars.ratio))
             ],
@@ -109,14 +115,15 @@ class ApertureCorrection:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ApertureCorrection:
         rows = data.get("stars") or []
+        reference = "flux.circular" if rows and "flux.circular" in rows[0] else "flux.sinc"
 
         def column(key: str, dtype: type = float) -> np.ndarray:
             return np.array([row[key] for row in rows], dtype=dtype)
 
         stars = ApCorrStars(column("id", np.int64), column("x"), column("y"), column("flux.psf"),
-                            column("flux.sinc"), column("ratio"), column("ratio.err"))
+                            column(reference), column("ratio"), column("ratio.err"))
         return cls(int(data["order"]), np.array(data["coefficients"], dtype=np.float64), float(data["error"]),
-                   int(data["n_candidates"]), stars)
+                   int(data["n_candidates"]), stars, reference)
 
     def write_yaml(self, path: Path) -> None:
         path.write_text(dump_yaml(self.to_dict(), sort_keys=False))
@@ -172,7 +179,12 @@ class ApCorrTask:
         if len(index):
             psf_images = psf_images_at(exposure.psf, x, y)
             flux_psf, err_psf, _ = psf_flux_many(exposure.image, exposure.variance, x, y, psf_images)
-            flux_sinc, err_sinc = sinc_flux_many(exposure.image, exposure.variance, x, y, config.sinc_radius)
+            if config.reference_flux == "flux.circular":
+                circular = circular_aperture_fluxes(exposure.image, exposure.variance, exposure.mask, x, y,
+                                                    (config.circular_radius,))
+                flux_sinc, err_sinc = circular.flux[0], circular.flux_err[0]
+            else:
+                flux_sinc, err_sinc = sinc_flux_many(exposure.image, exposure.variance, x, y, config.sinc_radius)
         else:
             flux_psf = err_psf = flux_sinc = err_sinc = np.zeros(0)
         positive = (flux_psf > 0) & (flux_sinc > 0)
@@ -185,7 +197,7 @@ class ApCorrTask:
                             ratio[finite], ratio_err[finite])
         order, coefficients, error = fit_aperture_correction(stars.x, stars.y, stars.ratio, stars.ratio_err,
                                                              config.order)
-        result = ApertureCorrection(order, coefficients, error, len(star_index), stars)
+        result = ApertureCorrection(order, coefficients, error, len(star_index), stars, config.reference_flux)
         self._log(result, exposure, warn)
         return result
 

@@ -10,22 +10,34 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from processccd.deblend import concatenate, segment_footprints
 from processccd.detection import Footprints
 from processccd.image import Exposure
 from processccd.meas.aperture_flux import SINC_SIZE, shifted_sinc_coefficients_many, sinc_flux_of_stamps
 from processccd.meas.centroid import gaussian_centroid, gaussian_centroid_sources, sdss_centroid_sources
+from processccd.meas.circular_aperture import circular_aperture_fluxes
 from processccd.meas.gaussian_flux import (
     gaussian_flux_from_batch,
     gaussian_flux_from_moments,
     gaussian_flux_psf_factor_batch,
 )
+from processccd.meas.kron_flux import kron_fluxes
 from processccd.meas.model_flux import ModelFluxConfig, PsfModelCache, fit_psf_model, model_fluxes
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
 from processccd.meas.psf_flux import nearest_pixel, psf_flux_of_stamps, stamp_indices, take_stamps
 from processccd.meas.shape import adaptive_moments, adaptive_moments_sources, psf_adaptive_sigma_batch
 from processccd.psf import Psf
-from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
+from processccd.table import (
+    DEBLEND_SCHEMA,
+    EXTRA_SCHEMA,
+    KRON_SCHEMA,
+    SOURCE_SCHEMA,
+    Column,
+    circular_aperture_prefix,
+    circular_aperture_schema,
+    empty_columns,
+)
 
 SEQUENCE_BITS = 26  # source id = exposure id << 26 | sequence number
 
@@ -41,6 +53,29 @@ class MeasurementConfig:
     gaussian_flux_shiftmax: float = 10.0  # flux.gaussian.flags: set when its moments' centroid shifted more
     model_fluxes: bool = True  # multishapelet exp / dev / combo fluxes (2013: final stage only)
     model_flux: ModelFluxConfig = field(default_factory=ModelFluxConfig)
+    # --- LSST-2020 profile (configs/processCcd-lsst2020.yaml); each off by default ---
+    circular_aperture_radii: tuple[float, ...] = field(default=(), metadata={"doc": (
+        "circular aperture fluxes flux.circular.<r> at these radii [px] (photutils, exact overlap; "
+        "LSST 2020: 3, 4.5, 6, 9, 12, 17, 25, 35, 50, 70); empty = off (2013)")})
+    kron_flux: bool = field(default=False, metadata={"doc": (
+        "flux.kron: SExtractor AUTO flux with sep (Kron factor 2.5, minimum radius 3.5, ellipse = the "
+        "isophotal moments of sep.extract, as SExtractor's); false = off (2013)")})
+    deblend: bool = field(default=False, metadata={"doc": (
+        "split multi-peak footprints into children (photutils deblend_sources: multi-threshold + watershed), "
+        "measured on their own pixels with every other source noise; columns parent, deblend.nchild; "
+        "false = off (2013)")})
+    deblend_nlevels: int = field(default=32, metadata={"doc": "deblend: photutils multi-threshold levels"})
+    deblend_contrast: float = field(default=0.005, metadata={"doc": (
+        "deblend: smallest flux fraction of a child (photutils contrast; SExtractor DEBLEND_MINCONT)")})
+    deblend_smoothing: float = field(default=0.5, metadata={"doc": (
+        "deblend: the image deblended is smoothed by this x the PSF sigma (detection smooths by 1: too much "
+        "to split stars 1.5-2 FWHM apart; 0 = unsmoothed)")})
+
+
+def measurement_schema(config: MeasurementConfig) -> list[Column]:
+    """The columns MeasurementTask fills with `config`: the 2013 ones, then those of the options turned on."""
+    schema = SOURCE_SCHEMA + EXTRA_SCHEMA + circular_aperture_schema(config.circular_aperture_radii)
+    return schema + (KRON_SCHEMA if config.kron_flux else []) + (DEBLEND_SCHEMA if config.deblend else [])
 
 
 @contextmanager
@@ -91,14 +126,37 @@ class MeasurementTask:
             self.timings[step] = self.timings.get(step, 0.0) + time.process_time() - start
 
     def run(self, exposure: Exposure, footprints: Footprints, first_sequence: int,
-            logger_name: str = "processCcd.measurement") -> dict[str, np.ndarray]:
+            logger_name: str = "processCcd.measurement", threshold: float | None = None,
+            psf_sigma: float | None = None) -> dict[str, np.ndarray]:
+        """Measure the footprints (and, with `deblend`, their children, appended after them).
+
+        `threshold` (DN on the smoothed image) and `psf_sigma` (the smoothing width) of the detection are
+        needed by the sep segmentation (deblend, kron_flux)."""
         log = logging.getLogger(logger_name)
+        config = self.config
+        timed = self._timed
+        n_parents = len(footprints)
+        segmentation = None
+        if (config.deblend or config.kron_flux) and n_parents:
+            if threshold is None or psf_sigma is None:
+                raise ValueError("deblend and kron_flux need the detection threshold and PSF width")
+            with timed("deblend"):
+                segmentation = segment_footprints(exposure.image, footprints, threshold, psf_sigma, config.deblend,
+                                                  config.deblend_nlevels, config.deblend_contrast,
+                                                  config.deblend_smoothing)
+            if config.deblend:
+                footprints = concatenate(footprints, segmentation.children)
+                log.info("Deblended %d footprints into %d children", int(np.sum(segmentation.n_children > 0)),
+                         len(segmentation.child_parent))
         n = len(footprints)
         log.info("Measuring %d sources", n)
-        cols = empty_columns(n, SOURCE_SCHEMA + EXTRA_SCHEMA)
+        cols = empty_columns(n, measurement_schema(config))
         cols["id"] = (np.int64(exposure.exposure_id) << SEQUENCE_BITS) + first_sequence + np.arange(n)
         if n == 0:
             return cols
+        if config.deblend:
+            cols["parent"][n_parents:] = cols["id"][segmentation.child_parent]
+            cols["deblend.nchild"][:n_parents] = segmentation.n_children
         cols["peak.x"] = footprints.peak_x
         cols["peak.y"] = footprints.peak_y
         source_index, ys, xs = footprints.all_pixels()
@@ -107,12 +165,16 @@ class MeasurementTask:
         image = exposure.image.copy()
         variance, psf = exposure.variance, exposure.psf
         replacer = None
-        timed = self._timed
         with timed("noise replacement"):
-            if self.config.replace_with_noise:
+            if config.replace_with_noise:
                 # 2013 drew the noise footprint by footprint in the order of a Python 2 dict keyed by source id
-                replacer = NoiseReplacer(image, source_index, ys, xs, seed=self.config.noise_seed, n_footprints=n,
-                                         draw_order=python27_dict_order(cols["id"]))
+                parent_pixels = slice(0, int(footprints.pixel_offsets[n_parents]))
+                replacer = NoiseReplacer(image, source_index[parent_pixels], ys[parent_pixels], xs[parent_pixels],
+                                         seed=config.noise_seed, n_footprints=n_parents,
+                                         draw_order=python27_dict_order(cols["id"][:n_parents]))
+                if n > n_parents:  # children: their pixels are their parent's (the same noise)
+                    replacer = replacer.extended(source_index[parent_pixels.stop:] - n_parents,
+                                                 ys[parent_pixels.stop:], xs[parent_pixels.stop:])
         with timed("centroid.sdss"):
             psf_sigmas = psf_adaptive_sigma_batch(psf.kernels(footprints.peak_x, footprints.peak_y))
             # every later algorithm measures at this centroid
@@ -124,6 +186,12 @@ class MeasurementTask:
             self._shapes(cols, image, variance, replacer)
         with timed("flux.psf + flux.sinc"):
             psf_images = self._linear_fluxes(cols, image, variance, psf, replacer)
+        if self.config.circular_aperture_radii:
+            with timed("flux.circular"):
+                self._circular_apertures(cols, image, variance, exposure.mask, replacer)
+        if self.config.kron_flux:
+            with timed("flux.kron"):
+                self._kron_fluxes(cols, image, variance, replacer, segmentation.moments)
         if self.config.model_fluxes:
             with timed("multishapelet"):
                 for i in range(n):
@@ -219,6 +287,28 @@ class MeasurementTask:
         cols["flux.sinc"], cols["flux.sinc.err"] = sinc_flux_of_stamps(data, var, coefficients)
         cols["flux.gaussian.psffactor"] = gaussian_flux_psf_factor_batch(psf_images)
         return psf_images
+
+    def _circular_apertures(self, cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray,
+                            mask: np.ndarray, replacer: NoiseReplacer | None) -> None:
+        """flux.circular.<r> of all sources at their centroids (each with its own footprint put back)."""
+        radii = self.config.circular_aperture_radii
+        result = circular_aperture_fluxes(image, variance, mask, cols["centroid.sdss.x"], cols["centroid.sdss.y"],
+                                          radii, None if replacer is None else replacer.footprint_deltas())
+        for k, radius in enumerate(radii):
+            prefix = circular_aperture_prefix(radius)
+            cols[prefix], cols[f"{prefix}.err"] = result.flux[k], result.flux_err[k]
+            cols[f"{prefix}.flags.offimage"], cols[f"{prefix}.flags.masked"] = result.off_image[k], result.masked[k]
+
+    @staticmethod
+    def _kron_fluxes(cols: dict[str, np.ndarray], image: np.ndarray, variance: np.ndarray,
+                     replacer: NoiseReplacer | None, moments: np.ndarray) -> None:
+        """flux.kron of all sources (sep) in the ellipses of their sep `moments` (x2, y2, xy), each with its own
+        footprint put back."""
+        prepare, restore = (None, None) if replacer is None else (replacer.insert, replacer.remove)
+        result = kron_fluxes(image, variance, cols["centroid.sdss.x"], cols["centroid.sdss.y"], moments[:, 0],
+                             moments[:, 1], moments[:, 2], prepare, restore)
+        cols["flux.kron"], cols["flux.kron.err"] = result.flux, result.flux_err
+        cols["flux.kron.radius"], cols["flux.kron.flags"] = result.radius, result.flag
 
     def _model_fluxes(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray,
                       mask: np.ndarray, psf: Psf, psf_image: np.ndarray, footprint: tuple[np.ndarray, np.ndarray]

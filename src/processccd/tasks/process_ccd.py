@@ -20,12 +20,12 @@ from processccd.meas.classification import extendedness
 from processccd.meas.shape import psf_adaptive_sigma
 from processccd.psf import adaptive_gaussian_width
 from processccd.refcat import resolve_catalog_path
-from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, write_source_table
+from processccd.table import write_source_table
 from processccd.tasks.apcorr import ApertureCorrection, apply_aperture_correction
 from processccd.tasks.astrometry import write_match_table
 from processccd.tasks.calibrate import CalibrateConfig, CalibrateResult, CalibrateTask
 from processccd.tasks.make_exposure import WCS_FROM_ASTRANS, MakeExposureConfig, WcsConfig, make_exposure
-from processccd.tasks.measurement import MeasurementConfig, MeasurementTask
+from processccd.tasks.measurement import MeasurementConfig, MeasurementTask, measurement_schema
 
 log = logging.getLogger("processCcd")
 FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))
@@ -58,7 +58,8 @@ class StageResult:
 
     @property
     def n_sources(self) -> int:
-        return len(self.footprints)
+        """Rows of the catalogue: the footprints, and their deblended children when deblending is on."""
+        return len(self.columns["id"])
 
 
 @dataclass
@@ -131,10 +132,11 @@ class ProcessCcdTask:
         ignored = sum(mask_bit(p) for p in BackgroundConfig().ignored_mask_planes)
         background = estimate_background(exposure.image, exposure.mask, ignored, config.background_bin_size)
         exposure.image = (exposure.image - background.image).astype(np.float32, copy=False)
-        detection = self._detect(exposure, self.psf_sigma(exposure), config.calibrate_detection,
-                                 "processCcd.calibrate.detection")
+        psf_sigma = self.psf_sigma(exposure)
+        detection = self._detect(exposure, psf_sigma, config.calibrate_detection, "processCcd.calibrate.detection")
         columns = MeasurementTask(config.calibrate_measurement).run(
-            exposure, detection.footprints, first_sequence=1, logger_name="processCcd.calibrate.measurement")
+            exposure, detection.footprints, first_sequence=1, logger_name="processCcd.calibrate.measurement",
+            threshold=detection.threshold, psf_sigma=psf_sigma)
         catalog_path = resolve_catalog_path(config.calibrate.reference_catalog.path, self.butler.input_root)
         calibration = CalibrateTask(config.calibrate, catalog_path).run(exposure, columns)
         log.debug("calibration (matching, apCorr, photocal) took %.3f s", calibration.seconds)
@@ -148,14 +150,16 @@ class ProcessCcdTask:
         With `earlier` (the calibration stage), the result's background is the total of its backgrounds and
         this stage's, formed before the measurement (whose memory peak then holds one image, not three);
         `earlier.backgrounds` is emptied."""
-        detection = self._detect(exposure, self.psf_sigma(exposure), self.config.detection, "processCcd.detection")
-        footprints, backgrounds = detection.footprints, (detection.background,)
+        psf_sigma = self.psf_sigma(exposure)
+        detection = self._detect(exposure, psf_sigma, self.config.detection, "processCcd.detection")
+        footprints, backgrounds, threshold = detection.footprints, (detection.background,), detection.threshold
         del detection
         if earlier is not None:
             backgrounds = (total_background(earlier.backgrounds + backgrounds),)
             earlier.backgrounds = ()
         columns = MeasurementTask(self.config.measurement).run(exposure, footprints, first_sequence,
-                                                               logger_name="processCcd.measurement")
+                                                               logger_name="processCcd.measurement",
+                                                               threshold=threshold, psf_sigma=psf_sigma)
         if ap_corr is not None:
             apply_aperture_correction(columns, ap_corr)
         if self.config.measurement.model_fluxes:
@@ -188,9 +192,10 @@ class ProcessCcdTask:
         put("calexpBackground", data_id, lambda p: _write_image(p, background, exposure, "BACKGROUND"))
         put("psf", data_id, lambda p: exposure.psf.write_fits(p))
         header = {"EXPID": exposure.exposure_id, "PCCDVER": __version__}
-        schema = SOURCE_SCHEMA + EXTRA_SCHEMA
-        put("icSrc", data_id, lambda p: write_source_table(p, ic_columns, schema, header))
-        put("src", data_id, lambda p: write_source_table(p, src_columns, schema, header))
+        ic_schema = measurement_schema(self.config.calibrate_measurement)
+        src_schema = measurement_schema(self.config.measurement)
+        put("icSrc", data_id, lambda p: write_source_table(p, ic_columns, ic_schema, header))
+        put("src", data_id, lambda p: write_source_table(p, src_columns, src_schema, header))
         put("icMatch", data_id,
             lambda p: write_match_table(p, calibration.matches, ic_columns["id"], exposure.filter))
         put("apCorr", data_id, lambda p: calibration.ap_corr.write_yaml(p))
