@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from processccd.gen_registry import gen_registry
+
 RUN_DIR = "4192/40"
 FPC_Z = f"{RUN_DIR}/corr/4/fpC-004192-z4-0300.fit.gz"
 FPM_Z = f"{RUN_DIR}/objcs/4/fpM-004192-z4-0300.fit"
@@ -235,6 +237,7 @@ def other_camcol(repo: Path, camcol: int, gain: float) -> None:
 
     for relpath, edit in ((FPC_Z, set_camcol), (PSFIELD, set_camcol), (TSFIELD, set_camcol_and_gain)):
         edit_fits(repo, rename(relpath), edit)
+    gen_registry(repo)  # the new frame enters the input registry, as a user adding a camcol would do
 
 
 def refcat_subset(stars_fits: Path, destination: Path, keep: Callable[[fits.FITS_rec], np.ndarray],
