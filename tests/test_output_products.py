@@ -86,8 +86,10 @@ def test_catalogue_only_run_writes_the_catalogues_and_resumes(demo_dir: Path, tm
     output = tmp_path / "out"
     products = "output.products=[" + ", ".join(CATALOGUES) + "]"
     args = (str(demo_dir / "input"), *ONE_U, "--output", str(output), "-j", "1", "--config", products)
-    first = _cli(*args)
+    first = _cli(*args, "--qa")
     assert first.returncode == 0, first.stderr
+    assert "no quick-look image (the calexp was not written" in first.stderr
+    assert not list(output.rglob("*.png"))
     written = {p.parent.name for p in (output / "sci-results").rglob("*") if p.is_file()}
     assert written == {*CATALOGUES, "processCcd_metadata"}
     metadata = next(output.rglob("processCcd-004192-u4-0300.yaml"))

@@ -169,9 +169,11 @@ def _quick_look(butler: Any, data_id: DataId) -> str | None:
     from processccd.qa import qa_png_path, write_frame_qa
 
     path = qa_png_path(butler.output_root, data_id)
-    if not path.is_file() and not butler.exists("calexp", data_id):
-        log.warning("%s: no quick-look image (the calexp was not written: config output.products)", data_id.label())
-        return None
+    if not path.is_file():
+        if not butler.exists("calexp", data_id):
+            log.warning("%s: no quick-look image (the calexp was not written: config output.products)",
+                        data_id.label())
+            return None
         write_frame_qa(butler, data_id, path)
     return path.relative_to(butler.output_root).as_posix()
 
