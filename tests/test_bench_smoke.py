@@ -99,3 +99,37 @@ def test_sextractor_config_files_name_the_lsst_like_settings() -> None:
               if line and not line.startswith("#")]
     assert params == ["NUMBER", "X_IMAGE", "Y_IMAGE", "FLUX_AUTO", "FLUX_APER(1)", "XWIN_IMAGE", "YWIN_IMAGE",
                       "FLAGS"]
+
+
+def test_model_fit_compare_reports_the_differences_it_was_given(tmp_path: Path, capsys) -> None:
+    """bench/model_fit_compare.py compare on two synthetic src trees with known differences."""
+    from argparse import Namespace
+
+    from astropy.table import Table
+
+    spec = importlib.util.spec_from_file_location("model_fit_compare", BENCH_DIR / "model_fit_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    n = 100
+    flux = np.linspace(1000.0, 2000.0, n)
+    err = np.where(np.arange(n) < 60, 10.0, 100.0)  # S/N > 50 for the first 60 sources only
+    before = {"id": np.arange(n), "flux.psf": flux.copy(), "classification.extendedness": np.ones(n)}
+    for name in ("exp", "dev", "combo"):
+        before[f"multishapelet.{name}.flux"], before[f"multishapelet.{name}.flux.err"] = flux.copy(), err
+    after = {key: value.copy() for key, value in before.items()}
+    after["multishapelet.exp.flux"][:60] *= 1.0 + 2e-5  # bright: 2e-5 relative
+    after["multishapelet.exp.flux"][70] = np.nan  # a faint source becomes NaN
+    after["classification.extendedness"][[3, 4]] = 0.0  # two flips
+    after["flux.psf"][5] *= 1.0 + 1e-3
+    for root, columns in (("before", before), ("after", after)):
+        directory = tmp_path / root / "sci-results"
+        directory.mkdir(parents=True)
+        Table(columns).write(directory / "src-004192-r4-0300.fits")
+    module.cmd_compare(Namespace(before=tmp_path / "before", after=tmp_path / "after"))
+    out = capsys.readouterr().out
+    exp_line = next(line for line in out.splitlines() if line.startswith("multishapelet.exp.flux"))
+    assert "n   60 median |rel| 2.00e-05" in exp_line and "NaN pattern changes 1" in exp_line
+    assert float(exp_line.split("scatter ")[1].split()[0]) < 1e-12  # the same shift for all: no scatter
+    assert "multishapelet.dev.flux       S/N>50: n   60 median |rel| 0.00e+00" in out
+    assert "extendedness flips: 2" in out
+    assert "flux.psf: max rel 1.00e-03, NaN changes 0" in out and "id" not in out.split("other columns:")[1]

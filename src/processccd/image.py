@@ -94,8 +94,12 @@ class Exposure:
     def shape(self) -> tuple[int, int]:
         return self.image.shape  # type: ignore[return-value]
 
-    def write_fits(self, path: Path, provenance: dict[str, Any] | None = None) -> None:
+    def write_fits(self, path: Path, provenance: dict[str, Any] | None = None, compression: str = "none",
+                   quantize_level: float = 16.0) -> None:
         """Write a calexp: empty primary (metadata, provenance), IMAGE, MASK, VARIANCE extensions.
+
+        `compression` "lossless" or "rice" writes the three planes as tile-compressed image HDUs
+        (`compressed_plane`); "none" (the default) writes them as plain image extensions.
 
         The bytes are those of `fits.HDUList` of astropy `ImageHDU`s made with the WCS header (the MASK as
         int32); the extension headers are assembled from card images (`image_extension_header`).
@@ -120,9 +124,42 @@ class Exposure:
         for name, data, stored, cards in (("IMAGE", self.image, FLOAT32, _unit_cards("adu")),
                                           ("MASK", self.mask, INT32, _mask_plane_cards()),
                                           ("VARIANCE", self.variance, FLOAT32, _unit_cards("adu2"))):
+            if compression != "none":
+                extensions.append(compressed_plane(name, data.astype(stored.newbyteorder("="), copy=False),
+                                                   [*wcs_cards, *cards], compression, quantize_level))
+                continue
             header = image_extension_header(stored, data.shape, [*wcs_cards, *_extname_cards(name), *cards])
             extensions.append(RawImageHdu(header, data, stored))
+        if compression != "none":
+            fits.HDUList([primary, *extensions]).writeto(path)
+            return
         write_hdus(path, [primary, *extensions])
+
+
+DITHER_SEED_CHECKSUM = -1  # astropy/cfitsio: the dither seed comes from the checksum of the first tile
+RICE_TILE_ROWS = 16
+COMPRESSION_TYPES = {"lossless": {"IMAGE": "GZIP_2", "MASK": "RICE_1", "VARIANCE": "GZIP_2"},
+                     "rice": {"IMAGE": "RICE_1", "MASK": "RICE_1", "VARIANCE": "RICE_1"}}
+
+
+def compressed_plane(name: str, data: np.ndarray, cards: list[str], compression: str, quantize_level: float
+                     ) -> fits.CompImageHDU:
+    """One calexp plane as a tile-compressed HDU (row tiles): "lossless" = GZIP_2 without quantisation for
+    float planes, RICE_1 for the integer MASK (every pixel reads back exactly); "rice" = RICE_1, float planes
+    quantised to steps of (tile noise) / quantize_level with subtractive dithering, seeded from the tile
+    checksum so that the file is reproducible (the MASK stays exact). The "lossless" files differ from run to run
+    in the gzip time stamps of the tiles (Python's gzip.compress, which astropy calls, writes the current time),
+    not in their pixels."""
+    floating = data.dtype.kind == "f"
+    quantize = 0.0 if compression == "lossless" and floating else quantize_level
+    header = fits.Header([fits.Card.fromstring(card) for card in cards])
+    compression_type = COMPRESSION_TYPES[compression][name]
+    # RICE_1: tiles of RICE_TILE_ROWS rows (30% less CPU than astropy's one-row tiles, same size; measured);
+    # GZIP_2 (gzip level 9): one-row tiles, larger ones cost more CPU for 5-10% smaller files
+    tile_shape = (min(RICE_TILE_ROWS, data.shape[0]), data.shape[1]) if compression_type == "RICE_1" else None
+    return fits.CompImageHDU(data, header=header, name=name, compression_type=compression_type,
+                             quantize_level=quantize, quantize_method=1 if floating else -1,
+                             dither_seed=DITHER_SEED_CHECKSUM, tile_shape=tile_shape)
 
 
 FLOAT32 = np.dtype(">f4")

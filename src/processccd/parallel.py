@@ -118,7 +118,9 @@ def _process(butler: Any, job: FrameJob) -> FrameSummary:
     summary = FrameSummary(job.data_id, STATUS_OK, n_icsrc=result.n_icsrc, n_src=result.n_src,
                            n_matches=result.n_matches, zero_point=result.zero_point,
                            ap_corr_central=result.ap_corr_central, seconds=result.seconds)
-    outputs = [name for name in REQUIRED_OUTPUTS + OPTIONAL_OUTPUTS if butler.exists(name, job.data_id)]
+    # the products this run wrote (config output.products): a resumed run checks exactly these
+    outputs = [name for name in REQUIRED_OUTPUTS + OPTIONAL_OUTPUTS
+               if name in config.output.products and butler.exists(name, job.data_id)]
     butler.write_metadata(job.data_id, {
         "status": "success",
         "processccd_version": __version__,
@@ -152,7 +154,9 @@ def _completed_summary(butler: Any, job: FrameJob) -> FrameSummary | None:
     record = butler.read_metadata(job.data_id)
     if not record or record.get("status") != "success" or record.get("config_hash") != job.config_hash:
         return None
-    outputs = record.get("outputs") or REQUIRED_OUTPUTS
+    outputs = record.get("outputs")
+    if outputs is None:  # a record from before output.products
+        outputs = REQUIRED_OUTPUTS
     if not all(butler.exists(name, job.data_id) for name in outputs):
         return None
     if record.get("inputs_md5") != butler.input_checksums(job.data_id):
@@ -161,11 +165,15 @@ def _completed_summary(butler: Any, job: FrameJob) -> FrameSummary | None:
     return FrameSummary(job.data_id, STATUS_SKIPPED, **{k: stored.get(k) for k in RESULT_KEYS})
 
 
-def _quick_look(butler: Any, data_id: DataId) -> str:
+def _quick_look(butler: Any, data_id: DataId) -> str | None:
     from processccd.qa import qa_png_path, write_frame_qa
 
     path = qa_png_path(butler.output_root, data_id)
     if not path.is_file():
+        if not butler.exists("calexp", data_id):
+            log.warning("%s: no quick-look image (the calexp was not written: config output.products)",
+                        data_id.label())
+            return None
         write_frame_qa(butler, data_id, path)
     return path.relative_to(butler.output_root).as_posix()
 

@@ -93,6 +93,10 @@ class ModelFluxConfig:
     tau: float = 1e-2
     gradient_tolerance: float = 1e-4
     max_iterations: int = 200
+    # Shortcuts to the optimum of the 2013 iteration (model_flux_kernels.fit_ellipse; 0 = the 2013 path).
+    # Measured on the 10 demo frames (bench/model_fit_compare.py): see docs/benchmark.md.
+    point_ratio: float = 1e-4  # a shrinking fit whose ellipse is < 1e-4 x the PSF tries zero size
+    cost_tolerance: float = 1e-9  # stop when a step gains < 1e-9 of the cost (ellipse well inside the box)
     psf_radius_ratio: float = 2.0
     psf_peak_ratio: float = 0.1
     psf_initial_radius: float = 1.5
@@ -259,7 +263,7 @@ def _fit_profile(profile: Profile, psf_model: PsfModel, pixels: _FitPixels, q0: 
         profile.variances, profile.fluxes, _psf_rows(psf_model), psf_model.coefficients, psf_model.gaussian_fluxes,
         pixels.dx, pixels.dy, pixels.data, float(pixels.weight), (float(q0[0, 0]), float(q0[0, 1]), float(q0[1, 1])),
         config.tau, config.gradient_tolerance, config.max_iterations, config.min_axis_ratio, config.min_radius,
-        config.use_shapelet_terms))
+        config.use_shapelet_terms, config.point_ratio, config.cost_tolerance))
 
 
 def initial_ellipse(profile: Profile, psf_model: PsfModel, ixx: float, ixy: float, iyy: float, shape_ok: bool,
@@ -282,7 +286,8 @@ def _kernel_settings(config: ModelFluxConfig) -> np.ndarray:
     """The numeric settings of `model_flux_kernels.source_model_fluxes`, in its order."""
     return np.array([config.grow_footprint, config.radius_input_factor, config.max_bad_pixel_fraction,
                      config.min_initial_radius, config.min_radius, config.min_axis_ratio, config.tau,
-                     config.gradient_tolerance, config.max_iterations], dtype=np.float64)
+                     config.gradient_tolerance, config.max_iterations, config.point_ratio, config.cost_tolerance],
+                    dtype=np.float64)
 
 
 _PROFILE_VARIANCES = np.stack([EXPONENTIAL.variances, DE_VAUCOULEURS.variances])

@@ -35,6 +35,8 @@ TINY = 1e-280
 
 STATUS_OK = 0
 STATUS_EMPTY_MODEL = 1  # the model vanished at the starting point (the fit has no result)
+SETTLED_MAX_ETA = 3.0  # fit_ellipse's cost_tolerance stop applies only to axis ratios above exp(-3) = 0.05 ...
+SETTLED_LOG_RADIUS = (-4.0, 6.0)  # ... and radii between exp(-4) = 0.018 and exp(6) = 403 px
 
 
 @numba.njit(cache=True, fastmath=FASTMATH, error_model="numpy")
@@ -374,13 +376,53 @@ def _solve_damped(hessian: np.ndarray, mu: float, gradient: np.ndarray, step: np
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _smallest_offset_variance(offsets: np.ndarray) -> float:
+    """The smallest eigenvalue of the offset covariances (Pxx, Pxy, Pyy rows): the narrowest PSF axis."""
+    smallest = math.inf
+    for c in range(offsets.shape[0]):
+        pxx, pxy, pyy = offsets[c, 0], offsets[c, 1], offsets[c, 2]
+        smallest = min(smallest, 0.5 * (pxx + pyy) - math.hypot(0.5 * (pxx - pyy), pxy))
+    return smallest
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _shrunk_to_a_point(p: np.ndarray, largest_scale: float, narrowest_offset: float, ratio: float) -> bool:
+    """Whether the widest Gaussian of the ellipse at p (major-axis variance x largest_scale) is below `ratio`
+    x the narrowest offset (PSF) variance: the model is then the PSF to ~ratio (the fit of a point source)."""
+    return largest_scale * math.exp(2.0 * p[2] + math.hypot(p[0], p[1])) < ratio * narrowest_offset
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _settled(p: np.ndarray, cost: float, cost_new: float, cost_tolerance: float) -> bool:
+    """The early stop of `fit_ellipse`: an accepted step decreased the cost by at most cost_tolerance
+    (relative), with the ellipse well inside the parameter box (|eta| < SETTLED_MAX_ETA, ln r in
+    SETTLED_LOG_RADIUS): fits that creep along a bound or towards one keep the 2013 rules (and reach
+    max_iterations as in 2013)."""
+    return (cost - cost_new <= cost_tolerance * cost_new and math.hypot(p[0], p[1]) < SETTLED_MAX_ETA
+            and SETTLED_LOG_RADIUS[0] < p[2] < SETTLED_LOG_RADIUS[1])
+
+
+@numba.njit(cache=True, error_model="numpy")
 def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float, scales: np.ndarray,
                 offsets: np.ndarray, fluxes: np.ndarray, p0: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                tau: float, gtol: float, max_iterations: int) -> tuple[int, np.ndarray, float, bool]:
+                tau: float, gtol: float, max_iterations: int, point_ratio: float = 0.0, cost_tolerance: float = 0.0
+                ) -> tuple[int, np.ndarray, float, bool]:
     """Levenberg-Marquardt (Nielsen damping, box-clipped) fit of the ellipse parameters p = (eta1, eta2, ln r)
     of the model weight * sum_k fluxes_k N(scales_k Q(p) + offsets_k) to `data` (already weighted), with
-    the amplitude solved linearly at every step. Returns (status, p, amplitude, max_iter)."""
+    the amplitude solved linearly at every step. Returns (status, p, amplitude, max_iter).
+
+    Two shortcuts to the optimum the 2013 iteration reaches (both off when 0):
+    * `point_ratio`: a fit that shrinks (an accepted step decreased ln r) to an ellipse whose widest Gaussian
+      is below point_ratio x the narrowest offset variance (`_shrunk_to_a_point`) is heading for zero size, where
+      the model is the PSF: the 2013 LM walked ln r down ~0.2 per step until the gradient fell below gtol. Once
+      per fit the point with ln r at its lower bound is tried, and taken if its cost is not higher.
+    * `cost_tolerance`: stop after an accepted step that decreased the cost by at most this (relative), when
+      the ellipse is well inside the box (`_settled`).
+    """
     norm_fluxes = fluxes / (2.0 * math.pi)
+    largest_scale = scales.max()
+    narrowest_offset = _smallest_offset_variance(offsets)
+    jumped = not point_ratio > 0.0
     work = _workspace(dx, dy, scales.size)
     p = np.empty(3)
     for j in range(3):
@@ -418,11 +460,23 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
                            + step[2] * (mu * step[2] - gradient[2]))
         rho = (cost - cost_new) / predicted if predicted > 0 else -1.0
         if rho > 0:
+            settled = cost_tolerance > 0.0 and _settled(p_new, cost, cost_new, cost_tolerance)
             p[:] = p_new
             _derivatives(dx, dy, data, work, amplitude_new, hessian, gradient)
             amplitude, cost = amplitude_new, cost_new
+            if settled:
+                return STATUS_OK, p, amplitude, False
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
+            if not jumped and step[2] < 0.0 and _shrunk_to_a_point(p, largest_scale, narrowest_offset, point_ratio):
+                jumped = True
+                p_new[0], p_new[1], p_new[2] = p[0], p[1], lower[2]
+                _model_coefficients(p_new, scales, offsets, norm_fluxes, weight, work)
+                ok, cost_new, amplitude_new = _cost(dx, dy, data, work)
+                if ok and cost_new <= cost:
+                    p[:] = p_new
+                    _derivatives(dx, dy, data, work, amplitude_new, hessian, gradient)
+                    amplitude, cost = amplitude_new, cost_new
         else:
             mu *= nu
             nu *= 2.0
@@ -697,12 +751,14 @@ def fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_
 def fit_profile(variances: np.ndarray, fluxes: np.ndarray, psf_rows: np.ndarray, psf_coefficients: np.ndarray,
                 psf_gaussian_fluxes: np.ndarray, dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
                 q0: tuple[float, float, float], tau: float, gtol: float, max_iterations: int,
-                min_axis_ratio: float, min_radius: float, full_psf: bool) -> np.ndarray:
+                min_axis_ratio: float, min_radius: float, full_psf: bool, point_ratio: float = 0.0,
+                cost_tolerance: float = 0.0) -> np.ndarray:
     """One profile fit (layout FIT_FIELDS): the LM ellipse fit with the Gaussian part of the PSF model, then
     the flux F = m.d / m.m and error 1/|m| with the full PSF model; flagged when its ellipse's area reaches
     the number of pixels or the flux is not finite. A fit that ran out of iterations is recorded (max_iter)
     but keeps its flux unflagged: 2013 kept the optimizer's iteration limit in a separate flag
-    (flags.maxiter), and only the flux flag stopped the combo fit."""
+    (flags.maxiter), and only the flux flag stopped the combo fit. `point_ratio`, `cost_tolerance`: see
+    `fit_ellipse`."""
     n_psf, n_profile = psf_rows.shape[0], variances.size
     n_gauss = n_psf * n_profile
     scales, offsets, mixture = np.empty(n_gauss), np.empty((n_gauss, 3)), np.empty(n_gauss)
@@ -719,7 +775,7 @@ def fit_profile(variances: np.ndarray, fluxes: np.ndarray, psf_rows: np.ndarray,
     result[2], result[6], result[7] = 1.0, dx.size, 0.0
     p0 = np.array(parameters_from_ellipse(q0[0], q0[1], q0[2]))
     status, p, _, max_iter = fit_ellipse(dx, dy, data, weight, scales, offsets, mixture, p0, lower, upper, tau,
-                                         gtol, max_iterations)
+                                         gtol, max_iterations, point_ratio, cost_tolerance)
     if status != STATUS_OK:
         return result
     qxx, qxy, qyy = _ellipse(p[0], p[1], p[2])
@@ -777,10 +833,11 @@ def source_model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarra
 
     profile_variances / profile_fluxes: (2, G) for exp, dev; settings: grow_footprint, radius_input_factor,
     max_bad_pixel_fraction, min_initial_radius, min_radius, min_axis_ratio, tau, gradient_tolerance,
-    max_iterations."""
+    max_iterations, point_ratio, cost_tolerance."""
     grow, scale, max_bad, min_initial_radius = int(settings[0]), settings[1], settings[2], settings[3]
     min_radius, min_axis_ratio, tau, gtol, max_iterations = (settings[4], settings[5], settings[6], settings[7],
                                                              int(settings[8]))
+    point_ratio, cost_tolerance = settings[9], settings[10]
     psf_rows = np.empty((psf_covariances.shape[0], 3))
     for c in range(psf_covariances.shape[0]):
         psf_rows[c, 0], psf_rows[c, 1], psf_rows[c, 2] = (psf_covariances[c, 0, 0], psf_covariances[c, 0, 1],
@@ -801,7 +858,7 @@ def source_model_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarra
             continue
         fit[:] = fit_profile(profile_variances[j], profile_fluxes[j], psf_rows, psf_coefficients,
                              psf_gaussian_fluxes, dx, dy, data, weight, q0, tau, gtol, max_iterations,
-                             min_axis_ratio, min_radius, full_psf)
+                             min_axis_ratio, min_radius, full_psf, point_ratio, cost_tolerance)
     exp_fit, dev_fit = out[:FIT_FIELDS], out[FIT_FIELDS:2 * FIT_FIELDS]
     out[2 * FIT_FIELDS + 2] = 1.0
     if exp_fit[2] or dev_fit[2] or not (math.isfinite(exp_fit[0]) and math.isfinite(dev_fit[0])):

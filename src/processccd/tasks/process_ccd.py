@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from astropy.io import fits
@@ -13,6 +14,7 @@ from astropy.io import fits
 from processccd import __version__
 from processccd.background import BackgroundConfig, estimate_background
 from processccd.butler import Butler
+from processccd.config import ConfigError
 from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
 from processccd.image import Exposure, mask_bit, write_hdus
@@ -30,6 +32,34 @@ from processccd.tasks.measurement import MeasurementConfig, MeasurementTask, mea
 log = logging.getLogger("processCcd")
 FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))
 
+# The products a frame can write (the per-frame metadata record is always written: it marks a complete frame).
+PRODUCTS = ("calexp", "calexpBackground", "psf", "icSrc", "src", "icMatch", "apCorr")
+
+
+@dataclass
+class OutputConfig:
+    """What a frame writes. Defaults: every product, the calexp uncompressed (byte-identical to 2013's layout).
+
+    `products` selects the datasets (a catalogue-only campaign: icSrc, src, icMatch, apCorr). `calexp_compression`:
+    "none"; "lossless" = tile-compressed planes, GZIP_2 (byte-shuffled gzip) without quantisation for IMAGE and
+    VARIANCE, RICE_1 for MASK, every pixel read back exactly; "rice" = RICE_1 for all three planes, IMAGE and
+    VARIANCE quantised (SUBTRACTIVE_DITHER_1, dither seed from the tile checksum: reproducible) with a step of
+    the tile's noise / `quantize_level` (MASK lossless).
+    """
+
+    products: tuple[str, ...] = PRODUCTS
+    calexp_compression: Literal["none", "lossless", "rice"] = "none"
+    quantize_level: float = 16.0
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.products if name not in PRODUCTS]
+        if unknown:
+            raise ConfigError(f"config output.products: unknown product(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(PRODUCTS)})")
+        if not self.quantize_level > 0:
+            raise ConfigError(f"config output.quantize_level: must be > 0, got {self.quantize_level}")
+
+
 @dataclass
 class ProcessCcdConfig:
     """Configuration of the whole frame pipeline (defaults reproduce the 2013 SDSS demo)."""
@@ -46,6 +76,7 @@ class ProcessCcdConfig:
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)  # matching, apCorr, zero point
     psf_sigma_position: tuple[float, float] = (1024.0, 680.0)  # where detection evaluates the PSF width
     wcs: WcsConfig = field(default_factory=WcsConfig)  # asTrans or the fpC header
+    output: OutputConfig = field(default_factory=OutputConfig)  # which products, calexp compression
 
 
 @dataclass
@@ -186,19 +217,23 @@ class ProcessCcdTask:
     def _write(self, data_id: DataId, exposure: Exposure, background: np.ndarray,
                ic_columns: dict[str, np.ndarray], src_columns: dict[str, np.ndarray],
                calibration: CalibrateResult) -> None:
+        output = self.config.output
         provenance = self._provenance(data_id, exposure)
-        put = self.butler.put
-        put("calexp", data_id, lambda p: exposure.write_fits(p, provenance))
-        put("calexpBackground", data_id, lambda p: _write_image(p, background, exposure, "BACKGROUND"))
-        put("psf", data_id, lambda p: exposure.psf.write_fits(p))
         header = {"EXPID": exposure.exposure_id, "PCCDVER": __version__}
         ic_schema = measurement_schema(self.config.calibrate_measurement)
         src_schema = measurement_schema(self.config.measurement)
-        put("icSrc", data_id, lambda p: write_source_table(p, ic_columns, ic_schema, header))
-        put("src", data_id, lambda p: write_source_table(p, src_columns, src_schema, header))
-        put("icMatch", data_id,
-            lambda p: write_match_table(p, calibration.matches, ic_columns["id"], exposure.filter))
-        put("apCorr", data_id, lambda p: calibration.ap_corr.write_yaml(p))
+        writers = {
+            "calexp": lambda p: exposure.write_fits(p, provenance, output.calexp_compression, output.quantize_level),
+            "calexpBackground": lambda p: _write_image(p, background, exposure, "BACKGROUND"),
+            "psf": lambda p: exposure.psf.write_fits(p),
+            "icSrc": lambda p: write_source_table(p, ic_columns, ic_schema, header),
+            "src": lambda p: write_source_table(p, src_columns, src_schema, header),
+            "icMatch": lambda p: write_match_table(p, calibration.matches, ic_columns["id"], exposure.filter),
+            "apCorr": lambda p: calibration.ap_corr.write_yaml(p),
+        }
+        for name in PRODUCTS:  # always in this order
+            if name in output.products:
+                self.butler.put(name, data_id, writers[name])
 
 
 def total_background(backgrounds: tuple[np.ndarray, ...], rows_per_block: int = 64) -> np.ndarray:
