@@ -15,8 +15,8 @@ from astropy.wcs import WCS
 from processccd.config import ConfigError, load_config
 from processccd.dataid import DataId
 from processccd.image import Exposure, PhotoCalib, read_calexp
-from processccd.psf import GaussianPsf
 from processccd.tasks.process_ccd import PRODUCTS
+from reference_impl.psf import GaussianPsf
 
 CATALOGUES = ("icSrc", "src", "icMatch", "apCorr")
 ONE_U = ("--id", "run=4192 filter=u camcol=4 field=300")
