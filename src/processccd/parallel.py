@@ -107,9 +107,13 @@ def run_frame(job: FrameJob) -> FrameSummary:
 
 
 def _process(butler: Any, job: FrameJob) -> FrameSummary:
+    from processccd.compiled_kernels import prepare_kernels_once
     from processccd.config import config_from_dict
     from processccd.tasks.process_ccd import ProcessCcdConfig, ProcessCcdTask
 
+    # a no-op where the forkserver or a Dask worker preload prepared them; else (-j 1, a plain Dask worker) the
+    # kernels are loaded, or compiled once under a lock shared with the other processes, before the first frame
+    prepare_kernels_once()
     started = time.time()
     config = config_from_dict(ProcessCcdConfig, job.config)
     result = ProcessCcdTask(butler, config).run(job.data_id)
