@@ -281,7 +281,8 @@ class ProcessPoolExecutor:
 
 
 class DaskExecutor:
-    """`--scheduler tcp://HOST:PORT`: submit to a running dask.distributed cluster."""
+    """`--scheduler tcp://HOST:PORT`: submit to a running dask.distributed cluster (each worker prepares the
+    compiled kernels once, `dask_plugin.KernelPreloadPlugin`)."""
 
     name = "dask"
 
@@ -294,6 +295,9 @@ class DaskExecutor:
             self._client = Client(address, timeout=30)
         except (OSError, TimeoutError) as err:
             raise ProcessCcdError(f"cannot connect to the Dask scheduler at {address} ({err})") from err
+        from processccd.dask_plugin import KernelPreloadPlugin
+
+        self._client.register_plugin(KernelPreloadPlugin())
         self.address = address
         self._futures: list[Any] = []
 
