@@ -94,3 +94,14 @@ def test_a_cold_cache_is_compiled_once_before_the_pool_forks_its_workers(demo_di
     assert warm.returncode == 0, warm.stderr[-3000:]
     assert COMPILING_MESSAGE not in warm.stderr
     assert saved_files(warm.stdout) == []
+
+
+@pytest.mark.slow
+def test_after_the_worker_preload_a_frame_imports_no_module(demo_dir: Path, tmp_path: Path) -> None:
+    """The forkserver imports what a frame needs once: its workers import nothing more."""
+    script = ("import sys\nimport processccd.worker_preload\nbefore = set(sys.modules)\n" + FRAME_SCRIPT
+              + "assert run_frame(job).succeeded\nprint(sorted(set(sys.modules) - before))\n")
+    result = subprocess.run([sys.executable, "-c", script, str(demo_dir / "input"), str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
