@@ -21,17 +21,11 @@ fi
 "$VENV/bin/fetch-demo-data" "$ROOT"
 export PATH="$VENV/bin:$PATH"
 # numba compiles the pipeline's kernels on their first use and caches the machine code beside the sources
-# (__pycache__); do it here, once, on one demo frame, rather than inside the first timed or parallel run.
+# (__pycache__, or a user cache directory for a read-only install); do it here, once, without data, rather than
+# inside the first timed or parallel run.
 kernels_stamp="$VENV/.processccd-kernels-compiled"
 if [ ! -f "$kernels_stamp" ] || [ -n "$(find "$ROOT/src" -name '*.py' -newer "$kernels_stamp" -print -quit)" ]; then
-    echo "setup: compiling the numba kernels (once per change of the sources, about a minute)" >&2
-    warmup="$(mktemp -d)"
-    if ! "$VENV/bin/process-ccd" "$ROOT/input" --id run=4192 filter=u camcol=4 field=300 \
-            --output "$warmup/output" -j 1 >"$warmup/log" 2>&1; then
-        cat "$warmup/log" >&2
-        rm -rf "$warmup"
-        exit 1
-    fi
-    rm -rf "$warmup"
+    echo "setup: preparing the numba kernels (process-ccd --warm-up, after a change of the sources)" >&2
+    "$VENV/bin/process-ccd" --warm-up
     touch "$kernels_stamp"
 fi

@@ -107,9 +107,13 @@ def run_frame(job: FrameJob) -> FrameSummary:
 
 
 def _process(butler: Any, job: FrameJob) -> FrameSummary:
+    from processccd.compiled_kernels import prepare_kernels_once
     from processccd.config import config_from_dict
     from processccd.tasks.process_ccd import ProcessCcdConfig, ProcessCcdTask
 
+    # a no-op where the forkserver or a Dask worker preload prepared them; else (-j 1, a plain Dask worker) the
+    # kernels are loaded, or compiled once under a lock shared with the other processes, before the first frame
+    prepare_kernels_once()
     started = time.time()
     config = config_from_dict(ProcessCcdConfig, job.config)
     result = ProcessCcdTask(butler, config).run(job.data_id)
@@ -285,7 +289,8 @@ class ProcessPoolExecutor:
 
 
 class DaskExecutor:
-    """`--scheduler tcp://HOST:PORT`: submit to a running dask.distributed cluster."""
+    """`--scheduler tcp://HOST:PORT`: submit to a running dask.distributed cluster (each worker prepares the
+    compiled kernels once, `dask_plugin.KernelPreloadPlugin`)."""
 
     name = "dask"
 
@@ -298,6 +303,9 @@ class DaskExecutor:
             self._client = Client(address, timeout=30)
         except (OSError, TimeoutError) as err:
             raise ProcessCcdError(f"cannot connect to the Dask scheduler at {address} ({err})") from err
+        from processccd.dask_plugin import KernelPreloadPlugin
+
+        self._client.register_plugin(KernelPreloadPlugin())
         self.address = address
         self._futures: list[Any] = []
 

@@ -25,6 +25,7 @@ from processccd.logs import configure_task_logging
 
 EXIT_INTERRUPTED = 130
 RUN_LOGGER = "processCcd.run"
+KERNELS_LOGGER = "processCcd.kernels"  # its INFO line (compiling the kernels once) shows with a progress bar too
 CONFIG_RECORD = Path("config") / "processCcd.yaml"
 SUMMARY_HEADER = ("data id", "status", "src", "icSrc", "matches", "zero point", "apCorr", "seconds")
 OPTION_EXTRAS = {"--scheduler": ("dask", "distributed"), "--qa": ("qa", "matplotlib")}  # option: (extra, module)
@@ -34,7 +35,7 @@ class _ProgressFilter(logging.Filter):
     """With a progress bar, show only the run's own lines and warnings/errors of the tasks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.name == RUN_LOGGER
+        return record.levelno >= logging.WARNING or record.name in (RUN_LOGGER, KERNELS_LOGGER)
 
 
 def configure_logging(verbose: bool, progress_bar: bool = False) -> None:
@@ -82,6 +83,8 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 @click.option("--show-ids", is_flag=True,
               help="Print the data ids the --id expressions expand to, and where they came from "
                    "(the input registry or a directory scan), and exit.")
+@click.option("--warm-up", is_flag=True,
+              help="Compile (or load) and cache the measurement kernels without processing data, then exit.")
 @click.option("--clobber-config", is_flag=True,
               help="Accept a config that differs from the one recorded in the output repository.")
 @click.option("--clobber-output", is_flag=True, help="Reprocess data ids that an earlier run completed.")
@@ -91,9 +94,13 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level logging.")
 def command(input_repo: Path | None, id_expressions: tuple[str, ...], output_repo: Path | None,
             processes: int | None, scheduler: str | None, config_overrides: tuple[str, ...],
-            config_files: tuple[Path, ...], refcat: Path | None, show_config: bool, show_ids: bool,
+            config_files: tuple[Path, ...], refcat: Path | None, show_config: bool, show_ids: bool, warm_up: bool,
             clobber_config: bool, clobber_output: bool, fail_fast: bool, qa: bool, debug: bool, verbose: bool) -> None:
     """Process SDSS frames of the INPUT repository into calibrated exposures and source catalogues."""
+    if warm_up:
+        configure_logging(verbose)
+        warm_up_kernels()
+        return
     try:
         check_extras({"--scheduler": scheduler is not None, "--qa": qa})
     except MissingExtraError as err:
@@ -149,6 +156,17 @@ def check_extras(options: dict[str, bool]) -> None:
         if not found:
             raise MissingExtraError(f"{option} needs {module}, which is not installed: "
                                     f"pip install 'processccd[{extra}]'")
+
+
+def warm_up_kernels() -> None:
+    """`--warm-up`: prepare the compiled kernels (compiling those numba's cache lacks) and say where they are."""
+    from processccd.compiled_kernels import prepare_kernels
+    from processccd.kernel_cache import cache_root
+
+    report = prepare_kernels()
+    logging.getLogger(KERNELS_LOGGER).info(
+        "%d kernel specialisations ready in %.1f s: %d compiled, %d loaded from the cache (%s)",
+        report.loaded + report.compiled, report.seconds, report.compiled, report.loaded, cache_root())
 
 
 def run(input_repo: Path, output_repo: Path, expressions: list[dict[str, list[int | str]]], config: Any, *,
