@@ -87,7 +87,7 @@ def warm_up_arguments() -> dict[str, list[tuple[Any, ...]]]:
         "profile_model": [(a(f8, 1), a(f8, 1), a(f8, 1), a(f8, 1), 0.0, 0.0, 0.0, a(f8, 2), a(f8, 2), a(f8, 1),
                            False)],
         "fit_profile": [(a(f8, 1), a(f8, 1), a(f8, 2), a(f8, 2), a(f8, 1), a(f8, 1), a(f8, 1), a(f8, 1), 0.0,
-                         (0.0, 0.0, 0.0), 0.0, 0.0, 0, 0.0, 0.0, False)],
+                         (0.0, 0.0, 0.0), 0.0, 0.0, 0, 0.0, 0.0, False, 0.0, 0.0)],
         "combo": [(a(f8, 2), a(f8, 1), 0.0, 0.0, 0.0, 0.0)],
         "source_model_fluxes": [(a(f4, 2), a(f4, 2), a(u2, 2), a(i8, 1), a(i8, 1), 0.0, 0.0, 0.0, 0.0, 0.0, False,
                                  a(f8, 2), a(f8, 2), a(f8, 3), a(f8, 2), a(f8, 1), a(f8, 1), 0, False)],
