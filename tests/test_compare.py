@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -378,3 +379,34 @@ def test_expected_list_against_itself_and_a_perturbed_copy(demo_dir: Path) -> No
     report = compare_lists(ours, expected)
     check_perturbed_figures(report, expected, ours, "4192 r", "6377 i", dropped, shifted)
     assert max(len(line) for line in format_report(report).splitlines()) <= 160
+
+
+def test_a_gate_extends_another_gate_and_replaces_its_entries(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("completeness_all_min: 0.9\npurity_all_min: 0.8\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "small.yaml").write_text("extends: ../base.yaml\npurity_all_min: 0.7\n"
+                                                 "psf_ratio_median_snr50: [0.99, 1.01]\n")
+    bounds = {bound.key: bound for bound in load_gate(tmp_path / "sub" / "small.yaml")}
+    assert sorted(bounds) == ["completeness_all_min", "psf_ratio_median_snr50", "purity_all_min"]
+    assert bounds["completeness_all_min"].lower == 0.9 and bounds["purity_all_min"].lower == 0.7
+    assert (bounds["psf_ratio_median_snr50"].lower, bounds["psf_ratio_median_snr50"].upper) == (0.99, 1.01)
+
+
+@pytest.mark.parametrize("extends, message", [("", "expected the path of another gate file"),
+                                              ("missing.yaml", "missing.yaml: cannot read the gate file"),
+                                              ("loop.yaml", "more than 8 levels")])
+def test_a_bad_extends_is_one_error_naming_the_file(tmp_path: Path, extends: str, message: str) -> None:
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\ncompleteness_all_min: 0.9\n")
+    gate = tmp_path / "gate.yaml"
+    gate.write_text(f"extends: {extends!r}\ncompleteness_all_min: 0.9\n")
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_gate(gate)
+
+
+def test_the_small_demo_gate_is_the_full_gate_with_two_pooled_bounds_measured_on_its_frames() -> None:
+    full = {bound.key: bound for bound in load_gate(default_gate_path())}
+    small = {bound.key: bound for bound in load_gate(default_gate_path().with_name("compare-gate-small.yaml"))}
+    assert set(small) == set(full)
+    changed = sorted(key for key in full if small[key] != full[key])
+    assert changed == ["agree_extendedness_snr10_min", "exp_ratio_median_all"]
+    assert all(small[key].lower < full[key].lower for key in changed)

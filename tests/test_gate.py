@@ -16,7 +16,7 @@ from astropy.table import Table
 
 from processccd.comparison import compare_lists
 from processccd.gate import check_gate, default_gate_path, load_gate
-from processccd.source_list import read_list
+from processccd.source_list import ID_FRAME_SHIFT, read_list
 
 GATE_PATH = Path(__file__).resolve().parents[1] / "configs" / "compare-gate.yaml"
 FAILING_FIGURE = re.compile(r"^FAIL [^:]+: (\S+) = ")
@@ -45,6 +45,18 @@ def test_the_repository_gate_is_the_packaged_one() -> None:
 def test_the_demo_reproduces_the_2013_list_within_the_gate(ours: Table, expected: Table) -> None:
     assert len(load_gate(GATE_PATH)) > 100
     failures = gate_failures(ours, expected)
+    assert not failures, "figures out of bounds:\n" + "\n".join(failures)
+
+
+def test_the_small_demo_reproduces_its_2013_list_within_its_gate(ours: Table, demo_dir: Path) -> None:
+    """bin/demo.sh --small: the 6 frames (each processed on its own, so as in the 10-frame run) against
+    detected-sources.txt.expected_small through configs/compare-gate-small.yaml."""
+    expected_small = read_list(demo_dir / "detected-sources.txt.expected_small")
+    frames = set((np.asarray(expected_small["id"]) >> ID_FRAME_SHIFT).tolist())
+    assert len(frames) == 6 and len(expected_small) == 2889
+    subset = ours[np.isin(np.asarray(ours["id"]) >> ID_FRAME_SHIFT, list(frames))]
+    small_gate = load_gate(GATE_PATH.with_name("compare-gate-small.yaml"))
+    failures = check_gate(compare_lists(subset, expected_small), small_gate)
     assert not failures, "figures out of bounds:\n" + "\n".join(failures)
 
 

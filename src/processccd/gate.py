@@ -13,6 +13,10 @@ Example::
     psf_raw_ratio_median_snr50: [0.998, 1.002]
     centroid_offset_median_snr50_max: 0.01
 
+``extends: FILE`` (a path relative to the gate file) starts from that gate's bounds; the file's own entries
+add to them or replace them (a subset of the demo frames keeps the full demo's gate but the pooled bounds
+that depend on which frames are pooled).
+
 A NaN figure (e.g. an empty bin) fails its bound. Unknown figure names are an error. yaml is imported by
 `load_gate` only.
 """
@@ -79,18 +83,34 @@ def default_gate_path() -> Path:
     return Path(__file__).resolve().parent / "configs" / "compare-gate.yaml"
 
 
+EXTENDS_KEY = "extends"
+MAX_EXTENDS_DEPTH = 8
+
+
 def load_gate(path: str | Path) -> list[GateBound]:
-    """Read and validate a gate YAML file (schema in the module docstring)."""
+    """Read and validate a gate YAML file (schema in the module docstring), following `extends`."""
+    path = Path(path)
+    return parse_gate(_gate_entries(path, depth=0), str(path))
+
+
+def _gate_entries(path: Path, depth: int) -> dict[str, Any]:
+    """The mapping of a gate file with the entries of the gate it extends merged under its own."""
     import yaml
 
-    path = Path(path)
     try:
         content = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise InputError(f"{path}: cannot read the gate file ({err})") from err
     if not isinstance(content, dict) or not content:
         raise InputError(f"{path}: a gate file is a non-empty mapping 'figure_min: value'")
-    return parse_gate(content, str(path))
+    base = content.pop(EXTENDS_KEY, None)
+    if base is None:
+        return content
+    if not isinstance(base, str) or not base:
+        raise InputError(f"{path}: {EXTENDS_KEY}: expected the path of another gate file, got {base!r}")
+    if depth >= MAX_EXTENDS_DEPTH:
+        raise InputError(f"{path}: {EXTENDS_KEY}: more than {MAX_EXTENDS_DEPTH} levels (a cycle?)")
+    return {**_gate_entries(path.parent / base, depth + 1), **content}
 
 
 def parse_gate(content: Mapping[str, Any], source: str = "gate") -> list[GateBound]:
