@@ -133,6 +133,9 @@ def circular_aperture_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.n
         distance = np.hypot(dx, dy)
         for k, radius in enumerate(radii):
             near = np.flatnonzero(distance < radius + 0.71)  # pixels farther away do not touch the circle
-            weight = pixel_circle_overlap(dx[near], dy[near], float(radius))
+            # a pixel whose farthest corner (< 0.7072 px from its centre) is inside has overlap 1
+            weight = np.ones(len(near))
+            rim = np.flatnonzero(distance[near] > radius - 0.7072)
+            weight[rim] = pixel_circle_overlap(dx[near[rim]], dy[near[rim]], float(radius))
             flux[k] += np.bincount(source[near], weights=weight * deltas[near], minlength=n)
     return CircularApertureFluxes(tuple(radii), flux, flux_err, off_image, masked)
