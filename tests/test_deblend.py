@@ -142,6 +142,7 @@ def _at_lowest(inside: np.ndarray, min_pixels: int) -> bool:
     return int(np.sum(np.bincount(components.ravel())[1:] >= min_pixels)) >= 2
 
 
+@pytest.mark.filterwarnings("ignore:The deblending mode")  # photutils: exponential -> linear for footprints <= 0
 @pytest.mark.parametrize("quantum", [0.0, 2.0])
 def test_split_possible_is_the_multithreshold_condition_and_holds_every_photutils_split(quantum):
     from photutils.segmentation import SegmentationImage, deblend_sources
