@@ -25,6 +25,34 @@ def test_pixel_overlap_equals_photutils_exact_grid(radius, centre):
     np.testing.assert_allclose(pixel_circle_overlap(ox - cx, oy - cy, radius), grid, atol=1e-10)
 
 
+def test_sums_and_errors_equal_photutils_exact_photometry():
+    """sep's exact-overlap sums (the implementation) against photutils.aperture_photometry(method='exact'), the
+    independent truth: stars on a sloped sky with a varying variance, centres inside, across the edges and
+    off the image (photutils gives NaN where the circle's bounding box misses the image)."""
+    rng = np.random.default_rng(11)
+    height, width = 160, 230
+    yy, xx = np.mgrid[:height, :width]
+    image = 50.0 + 0.2 * xx - 0.1 * yy + rng.normal(0.0, 3.0, (height, width))
+    x = np.array([60.3, 120.77, 171.5, 2.2, 227.9, 115.0, -30.4, 115.25, 300.0, 81.0])
+    y = np.array([70.6, 80.01, 40.5, 90.8, 3.3, 158.6, 60.0, -12.7, 80.0, 159.5])
+    for cx, cy in zip(x, y, strict=True):
+        image += 5e4 / (2 * np.pi * 1.5**2) * np.exp(-0.5 * ((xx - cx) ** 2 + (yy - cy) ** 2) / 1.5**2)
+    image = image.astype(np.float32)
+    variance = (9.0 + 0.01 * np.maximum(image, 0.0)).astype(np.float32)
+    mask = np.zeros(image.shape, np.uint16)
+    result = circular_aperture_fluxes(image, variance, mask, x, y, LSST_RADII)
+    for k, radius in enumerate(LSST_RADII):
+        table = aperture_photometry(image, CircularAperture(np.column_stack([x, y]), radius),
+                                    error=np.sqrt(variance), method="exact")
+        expected, expected_err = np.asarray(table["aperture_sum"]), np.asarray(table["aperture_sum_err"])
+        np.testing.assert_allclose(result.flux[k], expected, rtol=1e-9, atol=0.0, equal_nan=True)
+        np.testing.assert_allclose(result.flux_err[k], expected_err, rtol=1e-9, atol=0.0, equal_nan=True)
+    # the cases the comparison must hold: NaN only for the circles that miss the image, partial circles
+    assert np.isnan(result.flux[:, 8]).all()  # 70 px beyond the right edge, radius <= 70
+    assert np.isnan(result.flux[:7, 6]).all() and np.isfinite(result.flux[7:, 6]).all()  # x = -30.4: r >= 35 reach in
+    assert np.isfinite(result.flux[:, :6]).all()
+
+
 def two_sources(seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A noisy image with two overlapping blobs and their (non-overlapping) footprints."""
     rng = np.random.default_rng(seed)

@@ -97,3 +97,65 @@ def test_extended_replacer_inserts_a_child_on_the_noised_parent():
     np.testing.assert_allclose(deltas[source == 1], original[ys[left], xs[left]] - noised[ys[left], xs[left]])
     with pytest.raises(ValueError, match="pixels of the existing footprints"):
         replacer.extended(np.zeros(1, int), np.array([0]), np.array([0]))
+
+
+def footprint_scene(quantum: float) -> tuple[np.ndarray, np.ndarray]:
+    """Twelve disc footprints (labels 1..12) on a smooth image: one or two Gaussian bumps 0-6 px apart with
+    flux ratios 1-8, weak noise, 1-pixel spikes, and one footprint of two separate discs. `quantum` > 0
+    rounds the values (plateaus, ties)."""
+    rng = np.random.default_rng(8)
+    yy, xx = np.mgrid[:90, :120]
+    image = rng.normal(0.0, 0.01, yy.shape)
+    image[15, 20:120:30] += 30.0  # spikes 5 px from the centres of the first row
+    labels = np.zeros(yy.shape, np.int64)
+    for k in range(12):
+        cx, cy = 15.0 + 30.0 * (k % 4), 15.0 + 30.0 * (k // 4)
+        labels[np.hypot(xx - cx, yy - cy) < 11] = k + 1
+        separation, ratio = (0.0, 1.5, 2.5, 3.5, 4.5, 6.0)[k % 6], (1.0, 3.0, 8.0)[k % 3]
+        for dx, flux in ((-separation / 2, 100.0), (separation / 2, 100.0 / ratio)):
+            image += flux * np.exp(-0.5 * ((xx - cx - dx) ** 2 + (yy - cy) ** 2) / 1.4**2)
+    labels[(labels == 12) & (np.abs(xx - 105) < 2)] = 0  # footprint 12 in two pieces
+    if quantum > 0:
+        image = np.round(image / quantum) * quantum
+    return image.astype(np.float32), labels
+
+
+def brute_force_split_possible(image: np.ndarray, labels: np.ndarray, min_pixels: int) -> np.ndarray:
+    """The definition, level by level: some t leaves two 8-connected components of >= min_pixels pixels > t."""
+    from scipy import ndimage
+
+    result = []
+    for label in range(1, labels.max() + 1):
+        inside = labels == label
+        found = False
+        for t in np.unique(image[inside]):
+            components, _ = ndimage.label(inside & (image > t), structure=np.ones((3, 3)))
+            found |= int(np.sum(np.bincount(components.ravel())[1:] >= min_pixels)) >= 2
+        result.append(found or _at_lowest(inside, min_pixels))
+    return np.array(result)
+
+
+def _at_lowest(inside: np.ndarray, min_pixels: int) -> bool:
+    from scipy import ndimage
+
+    components, _ = ndimage.label(inside, structure=np.ones((3, 3)))
+    return int(np.sum(np.bincount(components.ravel())[1:] >= min_pixels)) >= 2
+
+
+@pytest.mark.filterwarnings("ignore:The deblending mode")  # photutils: exponential -> linear for footprints <= 0
+@pytest.mark.parametrize("quantum", [0.0, 2.0])
+def test_split_possible_is_the_multithreshold_condition_and_holds_every_photutils_split(quantum):
+    from photutils.segmentation import SegmentationImage, deblend_sources
+
+    from processccd.pixel_kernels import split_possible
+
+    image, labels = footprint_scene(quantum)
+    ys, xs = np.nonzero(labels)
+    possible = split_possible(ys, xs, image[ys, xs], labels[ys, xs] - 1, 12, image.shape, 5)
+    np.testing.assert_array_equal(possible, brute_force_split_possible(image, labels, 5))
+    assert 0 < possible.sum() < 12
+    deblended = deblend_sources(image, SegmentationImage(labels), 5, n_levels=32, contrast=0.005,
+                                mode="exponential", relabel=False, progress_bar=False).data
+    split = np.array([len(np.unique(deblended[labels == k + 1])) >= 2 for k in range(12)])
+    assert split.any()
+    assert not (split & ~possible).any()  # photutils splits no footprint that split_possible rules out

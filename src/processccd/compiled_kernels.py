@@ -37,7 +37,7 @@ LOCK_NAME = "processccd-kernels.lock"
 # which holds its own copy of them: loading them separately would be wasted.
 ENTRY_POINTS = {
     "processccd.pixel_kernels": ("float32_order_statistics", "split_core", "unmasked_values", "smooth_symmetric",
-                                 "threshold_spans", "or_diamonds"),
+                                 "threshold_spans", "or_diamonds", "split_possible"),
     "processccd.meas.moments_kernels": ("adaptive_moments_iteration", "adaptive_moments_sources",
                                         "adaptive_moments_images"),
     "processccd.meas.centroid_kernels": ("sdss_centroid_sources", "gaussian_centroid_sources"),

@@ -46,17 +46,20 @@ def deblend_labels(image: np.ndarray, footprints: Footprints, psf_sigma: float, 
                    contrast: float, min_pixels: int = 5) -> np.ndarray:
     """Label of every footprint pixel (in `Footprints.all_pixels` order) after photutils' deblend_sources:
     multi-thresholding (`nlevels` exponential levels, `contrast`) and watershed of the image smoothed by a
-    Gaussian of `smoothing` x psf_sigma (0: unsmoothed), within each footprint holding two or more local
-    maxima of that image (the others cannot split: this only spares photutils the work). Labels are arbitrary
-    positive integers; a footprint that was not split keeps one label."""
+    Gaussian of `smoothing` x psf_sigma (0: unsmoothed), within each footprint that some threshold splits
+    into two 8-connected components of `min_pixels` each (`pixel_kernels.split_possible`: photutils splits
+    no other, so this only spares it the work). Labels are arbitrary positive integers; a footprint that was
+    not split keeps one label."""
     from astropy.utils.exceptions import AstropyUserWarning
     from photutils.segmentation import SegmentationImage, deblend_sources
+
+    from processccd.pixel_kernels import split_possible
 
     data = _smoothed(image, smoothing * psf_sigma, 4.0) if smoothing > 0 else np.asarray(image, np.float32)
     labels = footprints.label_image(image.shape)
     source, ys, xs = footprints.all_pixels()
-    local_max = _local_maxima(data, labels, ys, xs)
-    candidates = np.flatnonzero(np.bincount(source[local_max], minlength=len(footprints)) >= 2) + 1
+    candidates = np.flatnonzero(split_possible(ys, xs, data[ys, xs], source, len(footprints), image.shape,
+                                               min_pixels)) + 1
     if len(candidates) == 0:
         return labels[ys, xs].astype(np.int64)
     with warnings.catch_warnings():  # "mode changed from exponential to linear" for footprints reaching <= 0
@@ -74,22 +77,6 @@ def _smoothed(image: np.ndarray, sigma: float, extent: float) -> np.ndarray:
     smoothed = np.zeros(image.shape, np.float32)
     smoothed[half:image.shape[0] - half, half:image.shape[1] - half] = smooth_middle(image, sigma, 2 * half + 1)
     return smoothed
-
-
-def _local_maxima(data: np.ndarray, labels: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Whether each footprint pixel (ys, xs) is >= its 8 neighbours of the same footprint."""
-    height, width = data.shape
-    values = data[ys, xs]
-    own = labels[ys, xs]
-    peak = np.ones(len(ys), dtype=bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dx == 0 and dy == 0:
-                continue
-            ny, nx = np.clip(ys + dy, 0, height - 1), np.clip(xs + dx, 0, width - 1)
-            same = labels[ny, nx] == own
-            peak &= ~same | (values >= data[ny, nx])
-    return peak
 
 
 def segment_footprints(image: np.ndarray, footprints: Footprints, threshold: float, psf_sigma: float,

@@ -1,4 +1,4 @@
-"""Compiled (numba) whole-image loops of background estimation and detection.
+"""Compiled (numba) whole-image loops of background estimation, detection and deblending.
 
 Each kernel gives exactly what the numpy/scipy computation it replaced gave; only the speed differs:
 
@@ -12,6 +12,8 @@ Each kernel gives exactly what the numpy/scipy computation it replaced gave; onl
   from the outermost in, no fused multiply-add) and float32 rounding after each pass.
 * `threshold_spans`: runs of pixels >= a threshold, row by row.
 * `or_diamonds`: a mask bit set on runs dilated by a Manhattan ball.
+* `split_possible`: whether multi-threshold deblending can split a footprint at all (union-find of its pixels
+  by value descending; deblending).
 
 Imported lazily (numba's import costs ~0.3 s, which `process-ccd --help` should not pay); `cache=True` keeps
 the compiled code beside this file between runs.
@@ -258,3 +260,66 @@ def or_diamonds(mask: np.ndarray, rows: np.ndarray, firsts: np.ndarray, lasts: n
             reach = radius - abs(dy)
             for x in range(max(firsts[k] - reach, 0), min(lasts[k] + reach, width - 1) + 1):
                 mask[y, x] |= bit
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _root(parent: np.ndarray, i: int) -> int:
+    """The representative of i's set (union-find), halving the path on the way."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@numba.njit(cache=True, error_model="numpy")
+def split_possible(ys: np.ndarray, xs: np.ndarray, values: np.ndarray, source: np.ndarray, n_sources: int,
+                   shape: tuple[int, int], min_pixels: int) -> np.ndarray:
+    """Per footprint, whether some threshold t leaves two 8-connected components of its pixels > t with
+    `min_pixels` pixels each: the condition for multi-threshold deblending to split it at any level.
+
+    `ys`, `xs`, `values`: the footprints' pixels and their values, `source` their footprint. The pixels are
+    added by value descending, joining the components (union-find); after each group of equal values the
+    components are those of the pixels above the next lower value, where the footprints touched are checked.
+    """
+    n = len(ys)
+    height, width = shape
+    position = np.full((height, width), -1, dtype=np.int64)
+    for p in range(n):
+        position[ys[p], xs[p]] = p
+    order = np.argsort(-values)
+    parent = np.arange(n)
+    size = np.zeros(n, dtype=np.int64)  # 0: not added yet
+    large = np.zeros(n_sources, dtype=np.int64)  # components of >= min_pixels pixels per footprint
+    possible = np.zeros(n_sources, dtype=np.bool_)
+    touched = np.zeros(n, dtype=np.int64)
+    n_touched = 0
+    for k in range(n):
+        p = order[k]
+        size[p] = 1
+        if min_pixels <= 1:
+            large[source[p]] += 1
+        for dy in range(-1, 2):
+            for dx in range(-1, 2):
+                ny, nx = ys[p] + dy, xs[p] + dx
+                if (dy == 0 and dx == 0) or ny < 0 or ny >= height or nx < 0 or nx >= width:
+                    continue
+                q = position[ny, nx]
+                if q < 0 or size[q] == 0 or source[q] != source[p]:
+                    continue
+                a, b = _root(parent, p), _root(parent, q)
+                if a == b:
+                    continue
+                large[source[p]] += ((size[a] + size[b] >= min_pixels) - (size[a] >= min_pixels)
+                                     - (size[b] >= min_pixels))
+                if size[a] < size[b]:
+                    a, b = b, a
+                parent[b] = a
+                size[a] += size[b]
+        touched[n_touched] = source[p]
+        n_touched += 1
+        if k == n - 1 or values[order[k + 1]] != values[p]:  # a level set is complete
+            for j in range(n_touched):
+                if large[touched[j]] >= 2:
+                    possible[touched[j]] = True
+            n_touched = 0
+    return possible
