@@ -73,6 +73,7 @@ def warm_up_arguments() -> dict[str, list[tuple[Any, ...]]]:
         "threshold_spans": [(a(f4, 2), np.float32(0), Omitted(False)), (a(f4, 2), np.float32(0), True),
                             (a(u1, 2), np.uint8(1), Omitted(False))],
         "or_diamonds": [(a(u2, 2), a(i8, 1), a(i8, 1), a(i8, 1), 0, 0), (a(u1, 2), a(i8, 1), a(i8, 1), a(i8, 1), 0, 0)],
+        "split_possible": [(a(i8, 1), a(i8, 1), a(f4, 1), a(i8, 1), 0, (0, 0), 0)],  # the LSST-2020 deblend
         # processccd.meas.moments_kernels
         "adaptive_moments_iteration": [(a(f8, 2), 0.0, 0.0, 0, 0.0, 0.0, a(f8, 1))],
         "adaptive_moments_sources": [(a(f4, 2), a(f8, 1), a(f8, 1), a(i8, 1), a(i8, 1), a(i8, 1), a(f8, 1), 0, 0.0,
