@@ -44,7 +44,7 @@ class ApCorrConfig:
     centre: tuple[float, float] | None = None  # where the central value is logged; None: (W/2, H/2)
     reference_flux: Literal["flux.sinc", "flux.circular"] = field(default="flux.sinc", metadata={"doc": (
         "the flux flux.psf is corrected to: flux.sinc of sinc_radius (2013) or flux.circular, the circular "
-        "aperture of circular_radius (photutils, exact overlap; LSST 2020: 12 px)")})
+        "aperture of circular_radius (sep.sum_circle, exact overlap; LSST 2020: 12 px)")})
     circular_radius: float = field(default=12.0, metadata={"doc": "radius [px] of the flux.circular reference"})
 
 

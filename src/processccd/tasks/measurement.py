@@ -55,7 +55,7 @@ class MeasurementConfig:
     model_flux: ModelFluxConfig = field(default_factory=ModelFluxConfig)
     # --- LSST-2020 profile (configs/processCcd-lsst2020.yaml); each off by default ---
     circular_aperture_radii: tuple[float, ...] = field(default=(), metadata={"doc": (
-        "circular aperture fluxes flux.circular.<r> at these radii [px] (photutils, exact overlap; "
+        "circular aperture fluxes flux.circular.<r> at these radii [px] (sep.sum_circle, exact overlap; "
         "LSST 2020: 3, 4.5, 6, 9, 12, 17, 25, 35, 50, 70); empty = off (2013)")})
     kron_flux: bool = field(default=False, metadata={"doc": (
         "flux.kron: SExtractor AUTO flux with sep (Kron factor 2.5, minimum radius 3.5, ellipse = the "
