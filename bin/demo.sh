@@ -3,7 +3,7 @@
 # with the LSST 2013 output (detected-sources.txt.expected).
 # `bin/demo.sh --small` (or bin/demo_small.sh) is the 2013 demo_small.sh for memory-constrained machines: the 6
 # frames 4192 g^i^z and 6377 u^r^i, compared with detected-sources.txt.expected_small through
-# configs/compare-gate-small.yaml (the full gate; two pooled bounds measured again on the 6 frames).
+# configs/compare-gate-small.yaml (the full gate; one pooled bound measured again on the 6 frames).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 small=0

@@ -12,12 +12,17 @@ from processccd.meas.classification import extendedness
 from processccd.meas.model_flux import (
     DE_VAUCOULEURS,
     EXPONENTIAL,
+    FitRegionError,
     ModelFluxConfig,
+    ModelFluxResult,
     Profile,
+    ProfileFit,
     PsfModel,
     PsfModelCache,
     _fit_pixels,
     _grown_footprint,
+    _model_vector,
+    combo_psf_factor,
     fit_psf_model,
     initial_ellipse,
     model_flux_psf_factors,
@@ -340,6 +345,9 @@ def _reference_lm(model_and_jacobian, data, p0, lower, upper, tau, gtol, max_ite
             return p, amplitude, False
         step = np.linalg.solve(hessian + mu * np.eye(3), -gradient)
         p_new = np.clip(p + step, lower, upper)
+        eta = math.hypot(p_new[0], p_new[1])
+        if eta > upper[0]:  # multiShapelet's constraint: |eta| <= eta_max, the direction kept
+            p_new[:2] *= upper[0] / eta
         step = p_new - p
         if float(np.linalg.norm(step)) <= 1e-8 * (float(np.linalg.norm(p)) + 1e-8):
             return p, amplitude, False
@@ -763,3 +771,61 @@ def test_a_star_fit_jumps_to_zero_size_with_the_flux_of_the_2013_walk() -> None:
     assert radius2["2013"] > 10 * radius2["default"]
     assert fits["default"].flux == pytest.approx(fits["2013"].flux, rel=1e-5)
     assert abs(fits["default"].flux - fits["2013"].flux) < 1e-2 * fits["2013"].flux_err
+
+
+def test_combo_region_of_ellipses_apart_from_the_footprint_gives_nan() -> None:
+    """2013's combo merged the grown footprint and the fitted ellipses x 4 into one footprint and raised when
+    they were not one 8-connected region (a needle-thin fitted ellipse whose few pixels lie apart): NaN."""
+    config = ModelFluxConfig()
+    image = np.zeros(SHAPE, np.float32)
+    variance = np.ones(SHAPE, np.float32)
+    mask = np.zeros(SHAPE, np.int32)
+    ys, xs = np.array([50]), np.array([60])
+    grown = _grown_footprint(ys, xs, config.grow_footprint)
+    # a needle (axis ratio 1e-3) along (2, 1), 6 x 4 = 24 px half-length once scaled: the pixel centres (2k, k)
+    # lie on its axis; those beyond the 5-px grown footprint are not 8-neighbours of one another
+    direction = np.array([2.0, 1.0]) / math.sqrt(5.0)
+    normal = np.array([-direction[1], direction[0]])
+    q = 6.0**2 * np.outer(direction, direction) + 0.006**2 * np.outer(normal, normal)
+    with pytest.raises(FitRegionError, match="do not overlap"):
+        _fit_pixels(image, variance, mask, *grown, 60.0, 50.0, [q], config)
+    round_q = np.array([[36.0, 0.0], [0.0, 36.0]])  # a round ellipse around the footprint: one region
+    assert _fit_pixels(image, variance, mask, *grown, 60.0, 50.0, [round_q], config).dx.size > 100
+
+
+def test_fitted_axis_ratio_never_below_the_minimum() -> None:
+    """A source elongated along the diagonal far beyond min_axis_ratio: the fit stops at |eta| = -ln(min),
+    the axis ratio at min_axis_ratio, for every direction (clipping eta1 and eta2 apart allowed ~q^1.41)."""
+    config = ModelFluxConfig(min_axis_ratio=0.2)
+    psf = GaussianPsf(1.0)
+    x, y = 60.0, 50.0
+    truth = _render_exponential(2.0e5, x, y, 6.0, 0.02, math.pi / 8, 1.0)  # eta1 = eta2: both components
+    image, variance, mask = _noisy(truth, seed=11)
+    ys, xs = _footprint(truth, 30.0)
+    result = model_fluxes(image, variance, mask, ys, xs, x, y, 40.0, 38.0, 40.0, True, psf, config)
+    for fit in (result.exp, result.dev):
+        qxx, qxy, qyy = fit.ellipse
+        values = np.linalg.eigvalsh(np.array([[qxx, qxy], [qxy, qyy]]))
+        assert math.sqrt(values[0] / values[1]) == pytest.approx(0.2, rel=1e-6)
+
+
+def test_combo_psf_factor_is_the_fit_of_the_source_ellipses_to_the_psf_image() -> None:
+    """The 2013 combo PSF factor: the PSF image fitted by the profiles of the source's own exp and dev
+    ellipses. A PSF image that is exactly A x the PSF-convolved exponential of ellipse E is fitted with
+    amplitudes (A, 0): the factor is A; with the dev amplitude forced negative the sign rule gives p_exp."""
+    psf = GaussianPsf(1.5)
+    x, y = 40.3, 30.7
+    psf_model = fit_psf_model(psf, x, y)
+    exp_q, dev_q = (3.0, 0.5, 2.0), (5.0, -1.0, 4.0)
+    _, dx, dy = psf_image_pixels(psf.compute_image(x, y), 1.0, x, y)
+    size = psf.compute_image(x, y).shape[0]
+    model = _model_vector(EXPONENTIAL, exp_q, psf_model, dx, dy, True)
+    image = (7.5 * model).reshape(size, size)
+    fits = ModelFluxResult(ProfileFit(100.0, 1.0, False, exp_q), ProfileFit(120.0, 1.0, False, dev_q), 110.0, 1.0,
+                           False)
+    assert combo_psf_factor(image, x, y, fits, psf_model, 8.0, 9.0) == pytest.approx(7.5, rel=1e-9)
+    dev_model = _model_vector(DE_VAUCOULEURS, dev_q, psf_model, dx, dy, True)
+    image = (7.5 * model - 2.0 * dev_model).reshape(size, size)
+    assert combo_psf_factor(image, x, y, fits, psf_model, 8.0, 9.0) == 8.0
+    flagged = ModelFluxResult(fits.exp, fits.dev, math.nan, math.nan, True)
+    assert math.isnan(combo_psf_factor(image, x, y, flagged, psf_model, 8.0, 9.0))

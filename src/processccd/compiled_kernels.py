@@ -42,7 +42,7 @@ ENTRY_POINTS = {
                                         "adaptive_moments_images"),
     "processccd.meas.centroid_kernels": ("sdss_centroid_sources", "gaussian_centroid_sources"),
     "processccd.meas.model_flux_kernels": ("profile_model", "fit_profile", "combo", "source_model_fluxes",
-                                           "psf_image_model_fit", "psf_image_pixels"),
+                                           "psf_image_model_fit", "psf_image_pixels", "psf_image_combo_amplitudes"),
 }
 
 
@@ -94,6 +94,8 @@ def warm_up_arguments() -> dict[str, list[tuple[Any, ...]]]:
                                  a(f8, 2), a(f8, 2), a(f8, 3), a(f8, 2), a(f8, 1), a(f8, 1), 0, False)],
         "psf_image_pixels": [(a(f8, 2), 0.0, 0.0, 0.0)],
         "psf_image_model_fit": [(a(f8, 2), *(0.0,) * 10, 0, False)],
+        "psf_image_combo_amplitudes": [(a(f8, 2), 0.0, 0.0, a(f8, 2), a(f8, 2), a(f8, 2), a(f8, 3), a(f8, 2),
+                                        a(f8, 1), False)],
     }
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Literal
 
 import numpy as np
 
@@ -109,6 +110,10 @@ class ModelFluxConfig:
     # each source (2013 fitted them per source). Measured on 6377 i, 40 random positions: max deviation from
     # the per-source fit 4.8e-4 with 64-px cells, 4.1e-4 with 256-px cells (the sub-pixel phase dominates).
     psf_factor_cell_size: int = 256
+    combo_psf_ellipses: Literal["source", "psf"] = field(default="source", metadata={"doc": (
+        "ellipses of multishapelet.combo's PSF-factor fit: 'source' = 2013 (the source's own fitted exp and dev "
+        "ellipses, which 2013's FitProfile stored as psffactor.ellipse; compact galaxies get a combo up to 2x "
+        "low), 'psf' = the PSF fits' ellipses, as for exp and dev (per cell)")})
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,8 @@ def _fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown
         raise FitRegionError({kernels.REGION_LEAVES_IMAGE: "fit region leaves the image",
                               kernels.REGION_TOO_MANY_BAD: "too many bad pixels",
                               kernels.REGION_BAD_VARIANCE: "non-positive variance",
-                              kernels.REGION_TOO_LARGE: "ellipse too large"}[status])
+                              kernels.REGION_TOO_LARGE: "ellipse too large",
+                              kernels.REGION_DISJOINT: "ellipses do not overlap the footprint"}[status])
     return _FitPixels(dx, dy, data, weight)
 
 
@@ -280,6 +286,30 @@ def _combo(models: np.ndarray, data: np.ndarray, singles: tuple[ProfileFit, Prof
     return _kernels().combo(np.ascontiguousarray(models, dtype=np.float64),
                                     np.ascontiguousarray(data, dtype=np.float64), singles[0].flux,
                                     singles[0].flux_err, singles[1].flux, singles[1].flux_err)
+
+
+def combo_psf_factor(psf_image: np.ndarray, x: float, y: float, fits: ModelFluxResult, psf_model: PsfModel,
+                     p_exp: float, p_dev: float, config: ModelFluxConfig | None = None) -> float:
+    """multishapelet.combo's PSF factor as 2013 computed it (FitCombo, measurement-spec.md §3): the combo fit
+    on the peak-normalised PSF image at the source, with the profiles of the *source's* fitted exp and dev
+    ellipses (2013's FitProfile stored the galaxy ellipse, not the PSF fit's, in psffactor.ellipse, from which
+    FitCombo built its PSF models), and the combo sign rules: both amplitudes >= 0 -> their sum; one
+    negative -> the other profile's PSF factor; both -> NaN (2013: the PSF-factor flag stayed set, so the
+    combo flux is left uncorrected). NaN when either single fit or the combo failed."""
+    config = config or ModelFluxConfig()
+    if fits.exp.flag or fits.dev.flag or fits.combo_flag or not (math.isfinite(p_exp) and math.isfinite(p_dev)):
+        return math.nan
+    ellipses = np.array([fits.exp.ellipse, fits.dev.ellipse], dtype=np.float64)
+    a_exp, a_dev = _kernels().psf_image_combo_amplitudes(
+        np.ascontiguousarray(psf_image, dtype=np.float64), float(x), float(y), _PROFILE_VARIANCES, _PROFILE_FLUXES,
+        ellipses, psf_model.covariances, psf_model.coefficients, psf_model.gaussian_fluxes, config.use_shapelet_terms)
+    if a_exp < 0 and a_dev < 0:
+        return math.nan
+    if a_exp < 0:
+        return p_dev
+    if a_dev < 0:
+        return p_exp
+    return a_exp + a_dev
 
 
 def _kernel_settings(config: ModelFluxConfig) -> np.ndarray:

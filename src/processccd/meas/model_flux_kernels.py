@@ -411,6 +411,10 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
     of the model weight * sum_k fluxes_k N(scales_k Q(p) + offsets_k) to `data` (already weighted), with
     the amplitude solved linearly at every step. Returns (status, p, amplitude, max_iter).
 
+    A trial point's ellipticity is constrained as multiShapelet's objective did: |eta| at most upper[0] (the
+    direction kept), so the axis ratio never falls below exp(-upper[0]) (clipping eta1 and eta2 apart let
+    diagonal ellipses reach exp(-sqrt(2) upper[0])).
+
     Two shortcuts to the optimum the 2013 iteration reaches (both off when 0):
     * `point_ratio`: a fit that shrinks (an accepted step decreased ln r) to an ellipse whose widest Gaussian
       is below point_ratio x the narrowest offset variance (`_shrunk_to_a_point`) is heading for zero size, where
@@ -445,6 +449,10 @@ def fit_ellipse(dx: np.ndarray, dy: np.ndarray, data: np.ndarray, weight: float,
             return STATUS_OK, p, amplitude, False
         for j in range(3):
             p_new[j] = _clip(p[j] + step[j], lower[j], upper[j])
+        eta_new = math.hypot(p_new[0], p_new[1])
+        if eta_new > upper[0]:
+            p_new[0], p_new[1] = p_new[0] * (upper[0] / eta_new), p_new[1] * (upper[0] / eta_new)
+        for j in range(3):
             step[j] = p_new[j] - p[j]
         if math.sqrt(step[0] ** 2 + step[1] ** 2 + step[2] ** 2) <= 1e-8 * (
                 math.sqrt(p[0] ** 2 + p[1] ** 2 + p[2] ** 2) + 1e-8):
@@ -535,6 +543,42 @@ REGION_LEAVES_IMAGE = 1
 REGION_TOO_MANY_BAD = 2
 REGION_BAD_VARIANCE = 3
 REGION_TOO_LARGE = 4
+REGION_DISJOINT = 5  # the ellipses' pixels and the grown footprint are not one 8-connected region
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _single_connected(region: np.ndarray) -> bool:
+    """Whether the True pixels of `region` form one 8-connected set (2013: the merged footprint's FootprintSet
+    must hold exactly one footprint)."""
+    height, width = region.shape
+    seen = np.zeros((height, width), dtype=np.bool_)
+    stack = np.empty(region.size, dtype=np.int64)
+    n_true = 0
+    start = -1
+    for ry in range(height):
+        for rx in range(width):
+            if region[ry, rx]:
+                n_true += 1
+                if start < 0:
+                    start = ry * width + rx
+    if start < 0:
+        return False
+    stack[0] = start
+    seen[start // width, start % width] = True
+    top, reached = 1, 1
+    while top:
+        top -= 1
+        cy, cx = stack[top] // width, stack[top] % width
+        for ny in range(max(cy - 1, 0), min(cy + 2, height)):
+            for nx in range(max(cx - 1, 0), min(cx + 2, width)):
+                if region[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack[top] = ny * width + nx
+                    top += 1
+                    reached += 1
+    return reached == n_true
+
+
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -572,6 +616,8 @@ def fit_region(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_
             for px in range(boxes[e, 0], boxes[e, 1] + 1):
                 if _inside_ellipse(inverses[e], px - x, py - y):
                     region[py - y0, px - x0] = True
+    if boxes.shape[0] and not _single_connected(region):
+        return REGION_DISJOINT, empty, empty, empty, 0.0
     n_region = 0
     good_ys = np.empty(region.size, dtype=np.int64)
     good_xs = np.empty(region.size, dtype=np.int64)
@@ -943,3 +989,36 @@ def psf_image_model_fit(image: np.ndarray, total: float, x: float, y: float, rad
     data, dx, dy = psf_image_pixels(image, total, x, y)
     return psf_model_fit(data, dx, dy, radius_ratio, peak_ratio, initial_radius, min_radius, min_axis_ratio, tau,
                          gtol, max_iterations, full_psf)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def psf_image_combo_amplitudes(image: np.ndarray, x: float, y: float, profile_variances: np.ndarray,
+                               profile_fluxes: np.ndarray, ellipses: np.ndarray, psf_covariances: np.ndarray,
+                               psf_coefficients: np.ndarray, psf_gaussian_fluxes: np.ndarray, full_psf: bool
+                               ) -> tuple[float, float]:
+    """Amplitudes (exp, dev) of the 2013 combo PSF-factor fit: the PSF image at (x, y) (`Psf.compute_image`,
+    unweighted) fitted by the two PSF-convolved unit-flux profiles of the ellipses (2, 3) — in 2013 the
+    source's own fitted exp and dev ellipses, which FitProfile stored in psffactor.ellipse and FitCombo read
+    back — solved as afw's LeastSquares (normal equations, eigenvalues below epsilon x the largest dropped)."""
+    psf_rows = np.empty((psf_covariances.shape[0], 3))
+    for c in range(psf_covariances.shape[0]):
+        psf_rows[c, 0], psf_rows[c, 1], psf_rows[c, 2] = (psf_covariances[c, 0, 0], psf_covariances[c, 0, 1],
+                                                          psf_covariances[c, 1, 1])
+    data, dx, dy = psf_image_pixels(image, 1.0, x, y)
+    models = np.empty((2, dx.size))
+    for j in range(2):
+        models[j] = profile_model(dx, dy, profile_variances[j], profile_fluxes[j], ellipses[j, 0], ellipses[j, 1],
+                                  ellipses[j, 2], psf_rows, psf_coefficients, psf_gaussian_fluxes, full_psf)
+    fisher = np.empty((2, 2))
+    fisher[0, 0] = np.dot(models[0], models[0])
+    fisher[0, 1] = fisher[1, 0] = np.dot(models[0], models[1])
+    fisher[1, 1] = np.dot(models[1], models[1])
+    rhs = np.array([np.dot(models[0], data), np.dot(models[1], data)])
+    values, vectors = np.linalg.eigh(fisher)
+    solution = np.zeros(2)
+    for k in range(2):
+        if values[k] >= 2.220446049250313e-16 * values[1]:
+            projection = (vectors[0, k] * rhs[0] + vectors[1, k] * rhs[1]) / values[k]
+            solution[0] += vectors[0, k] * projection
+            solution[1] += vectors[1, k] * projection
+    return solution[0], solution[1]

@@ -22,7 +22,15 @@ from processccd.meas.gaussian_flux import (
     gaussian_flux_psf_factor_batch,
 )
 from processccd.meas.kron_flux import kron_fluxes
-from processccd.meas.model_flux import ModelFluxConfig, PsfModelCache, fit_psf_model, model_fluxes
+from processccd.meas.model_flux import (
+    ModelFluxConfig,
+    ModelFluxResult,
+    PsfModel,
+    PsfModelCache,
+    combo_psf_factor,
+    fit_psf_model,
+    model_fluxes,
+)
 from processccd.meas.noise_replacement import NoiseReplacer, python27_dict_order
 from processccd.meas.pixel_flags import pixel_flags_many
 from processccd.meas.psf_flux import nearest_pixel, psf_flux_of_stamps, stamp_indices, take_stamps
@@ -194,11 +202,12 @@ class MeasurementTask:
                 self._kron_fluxes(cols, image, variance, replacer, segmentation.moments)
         if self.config.model_fluxes:
             with timed("multishapelet"):
+                fits = []
                 for i in range(n):
                     with isolated(replacer, i):
-                        self._model_fluxes(cols, i, image, variance, exposure.mask, psf, psf_images[i],
-                                           footprints.pixels(i))
-                self._model_flux_psf_factors(cols, psf)
+                        fits.append(self._model_fluxes(cols, i, image, variance, exposure.mask, psf, psf_images[i],
+                                                       footprints.pixels(i)))
+                self._model_flux_psf_factors(cols, psf, psf_images, fits)
         with timed("flags + coord"):
             flags = pixel_flags_many(exposure.mask, source_index, ys, xs, x, y)
             for name, values in flags.items():
@@ -312,25 +321,33 @@ class MeasurementTask:
 
     def _model_fluxes(self, cols: dict[str, np.ndarray], i: int, image: np.ndarray, variance: np.ndarray,
                       mask: np.ndarray, psf: Psf, psf_image: np.ndarray, footprint: tuple[np.ndarray, np.ndarray]
-                      ) -> None:
+                      ) -> tuple[ModelFluxResult, PsfModel]:
         """multishapelet exp / dev / combo raw fluxes of source i (PSF model fitted to `psf_image`, the PSF
-        image at its centroid)."""
+        image at its centroid); returns the fits and that PSF model (for the combo's PSF factor)."""
         x, y = float(cols["centroid.sdss.x"][i]), float(cols["centroid.sdss.y"][i])
         config = self.config.model_flux
         result = model_fluxes(image, variance, mask, footprint[0], footprint[1], x, y,
                               float(cols["shape.sdss.ixx"][i]), float(cols["shape.sdss.ixy"][i]),
                               float(cols["shape.sdss.iyy"][i]), not cols["shape.sdss.flags"][i], psf, config,
-                              psf_model=fit_psf_model(psf, x, y, config, psf_image))
+                              psf_model=(psf_model := fit_psf_model(psf, x, y, config, psf_image)))
         for name, flux, err in (("exp", result.exp.flux, result.exp.flux_err),
                                 ("dev", result.dev.flux, result.dev.flux_err),
                                 ("combo", result.combo_flux, result.combo_flux_err)):
             cols[f"multishapelet.{name}.flux"][i] = flux
             cols[f"multishapelet.{name}.flux.err"][i] = err
+        return result, psf_model
 
-    def _model_flux_psf_factors(self, cols: dict[str, np.ndarray], psf: Psf) -> None:
-        """PSF factors of the model fluxes (ratios to the flux.psf factor cached per 64-px cell)."""
+    def _model_flux_psf_factors(self, cols: dict[str, np.ndarray], psf: Psf, psf_images: np.ndarray,
+                                fits: list[tuple[ModelFluxResult, PsfModel]]) -> None:
+        """PSF factors of the model fluxes: exp and dev as ratios to the flux.psf factor cached per 64-px cell;
+        the combo's per source, from the source's own fitted ellipses (`combo_psf_factor`)."""
         cache = PsfModelCache(psf, self.config.model_flux)
         factors = [cache.factors(float(x), float(y), float(p)) for x, y, p in
                    zip(cols["centroid.sdss.x"], cols["centroid.sdss.y"], cols["flux.psf.psffactor"], strict=True)]
         for name in ("exp", "dev", "combo"):
             cols[f"multishapelet.{name}.psffactor"] = np.array([getattr(f, name) for f in factors])
+        if self.config.model_flux.combo_psf_ellipses == "source":
+            cols["multishapelet.combo.psffactor"] = np.array([
+                combo_psf_factor(psf_images[i], float(cols["centroid.sdss.x"][i]),
+                                 float(cols["centroid.sdss.y"][i]), *fits[i], f.exp, f.dev, self.config.model_flux)
+                for i, f in enumerate(factors)])
