@@ -582,27 +582,39 @@ def _single_connected(region: np.ndarray) -> bool:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _inside_ellipse(inverse: np.ndarray, ddx: float, ddy: float) -> bool:
-    return inverse[0] * ddx * ddx + 2.0 * inverse[1] * ddx * ddy + inverse[2] * ddy * ddy <= 1.0
+def _row_span(span: np.ndarray, x: float, y: float, row: int) -> tuple[int, int]:
+    """First and last column of the pixels of `row` whose centres are inside the ellipse centred at (x, y),
+    in afw's PixelRegion arithmetic (span = det Q, Qyy / det Q, Qxy / Qyy): the row's chord x0 +- half, then
+    ceil / floor. A row the ellipse does not reach gives an empty span (last < first), or the one pixel at x0
+    when x0 is an integer, as afw did."""
+    yt = row - y
+    d = span[1] - yt * yt / span[0]
+    x0 = x + yt * span[2]
+    x1 = x0
+    if d > 0.0:
+        d = math.sqrt(d) / span[1]
+        x0 -= d
+        x1 += d
+    return math.ceil(x0), math.floor(x1)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def fit_region(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_ys: np.ndarray,
-               grown_xs: np.ndarray, x: float, y: float, boxes: np.ndarray, inverses: np.ndarray, bad_bits: int,
+               grown_xs: np.ndarray, x: float, y: float, rows: np.ndarray, spans: np.ndarray, bad_bits: int,
                max_bad_fraction: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, float]:
-    """The fit pixels of model_flux._fit_pixels: the grown footprint U the ellipses (boxes[e] = x_lo, x_hi,
-    y_lo, y_hi of pixel centres to scan, inverses[e] = (xx, xy, yy) of the scaled ellipse's inverse), in
-    row-major order, minus pixels with `bad_bits` set. Returns (status, dx, dy, weighted data, weight)."""
+    """The fit pixels of model_flux._fit_pixels: the grown footprint U the ellipses (rows[e] = first, last
+    row to scan, spans[e] = `_row_span`'s parameters of the scaled ellipse), in row-major order, minus pixels
+    with `bad_bits` set. Returns (status, dx, dy, weighted data, weight)."""
     empty = np.empty(0)
     height, width = image.shape
     y0, x0, y1, x1 = height + width, height + width, -1 - height - width, -1 - height - width
-    for e in range(boxes.shape[0]):
-        for py in range(boxes[e, 2], boxes[e, 3] + 1):
-            for px in range(boxes[e, 0], boxes[e, 1] + 1):
-                if _inside_ellipse(inverses[e], px - x, py - y):
-                    if py < 0 or py >= height or px < 0 or px >= width:
-                        return REGION_LEAVES_IMAGE, empty, empty, empty, 0.0
-                    y0, x0, y1, x1 = min(y0, py), min(x0, px), max(y1, py), max(x1, px)
+    for e in range(rows.shape[0]):
+        for py in range(rows[e, 0], rows[e, 1] + 1):
+            first, last = _row_span(spans[e], x, y, py)
+            if first <= last:
+                if py < 0 or py >= height or first < 0 or last >= width:
+                    return REGION_LEAVES_IMAGE, empty, empty, empty, 0.0
+                y0, x0, y1, x1 = min(y0, py), min(x0, first), max(y1, py), max(x1, last)
     for i in range(grown_ys.size):
         y0, x0 = min(y0, grown_ys[i]), min(x0, grown_xs[i])
         y1, x1 = max(y1, grown_ys[i]), max(x1, grown_xs[i])
@@ -611,12 +623,12 @@ def fit_region(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_
     region = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.bool_)
     for i in range(grown_ys.size):
         region[grown_ys[i] - y0, grown_xs[i] - x0] = True
-    for e in range(boxes.shape[0]):
-        for py in range(boxes[e, 2], boxes[e, 3] + 1):
-            for px in range(boxes[e, 0], boxes[e, 1] + 1):
-                if _inside_ellipse(inverses[e], px - x, py - y):
-                    region[py - y0, px - x0] = True
-    if boxes.shape[0] and not _single_connected(region):
+    for e in range(rows.shape[0]):
+        for py in range(rows[e, 0], rows[e, 1] + 1):
+            first, last = _row_span(spans[e], x, y, py)
+            for px in range(first, last + 1):
+                region[py - y0, px - x0] = True
+    if rows.shape[0] and not _single_connected(region):
         return REGION_DISJOINT, empty, empty, empty, 0.0
     n_region = 0
     good_ys = np.empty(region.size, dtype=np.int64)
@@ -779,18 +791,19 @@ def fit_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, grown_
                max_bad_fraction: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, float]:
     """`fit_region` of the grown footprint U the ellipses (rows Qxx, Qxy, Qyy) x scale; REGION_TOO_LARGE
     when an ellipse is not finite or covers more than ~4e8 pixels."""
-    boxes = np.empty((ellipses.shape[0], 4), dtype=np.int64)
-    inverses = np.empty((ellipses.shape[0], 3))
+    rows = np.empty((ellipses.shape[0], 2), dtype=np.int64)
+    spans = np.empty((ellipses.shape[0], 3))
     for e in range(ellipses.shape[0]):
         sxx, sxy, syy = ellipses[e, 0] * scale * scale, ellipses[e, 1] * scale * scale, ellipses[e, 2] * scale * scale
         half_x, half_y = math.sqrt(sxx), math.sqrt(syy)
         if not (math.isfinite(half_x) and math.isfinite(half_y)) or half_x * half_y > 1e8:
             return REGION_TOO_LARGE, np.empty(0), np.empty(0), np.empty(0), 0.0
-        boxes[e, 0], boxes[e, 1] = math.ceil(x - half_x), math.floor(x + half_x)
-        boxes[e, 2], boxes[e, 3] = math.ceil(y - half_y), math.floor(y + half_y)
+        # the rows of the ellipse's bounding box expanded to whole pixels (afw Box2I(Box2D, EXPAND))
+        rows[e, 0], rows[e, 1] = math.floor(y - half_y + 0.5), math.ceil(y + half_y - 0.5)
         det = sxx * syy - sxy * sxy
-        inverses[e, 0], inverses[e, 1], inverses[e, 2] = syy / det, -sxy / det, sxx / det
-    return fit_region(image, variance, mask, grown_ys, grown_xs, x, y, boxes, inverses, bad_bits, max_bad_fraction)
+        alpha = sxy / syy
+        spans[e, 0], spans[e, 1], spans[e, 2] = det, syy / det, alpha if alpha == alpha else 0.0
+    return fit_region(image, variance, mask, grown_ys, grown_xs, x, y, rows, spans, bad_bits, max_bad_fraction)
 
 
 @numba.njit(cache=True, error_model="numpy")
