@@ -16,6 +16,7 @@ from processccd.tasks.apcorr import (
     ApCorrTask,
     ApertureCorrection,
     apply_aperture_correction,
+    bright_enough,
     chebyshev_terms,
     fit_aperture_correction,
     fit_chebyshev_clipped,
@@ -302,3 +303,26 @@ def test_chebyshev_correction_scales_the_flux_errors_without_adding_its_own() ->
     np.testing.assert_allclose(columns["flux.psf"], [1050.0, 2100.0])
     np.testing.assert_allclose(columns["flux.psf.err"], [10.5, 21.0])  # 2013's formula: hypot(10.5, 40) = 41.4
     np.testing.assert_array_equal(columns["aperturecorrection.err"], 0.04)
+
+
+def test_min_snr_keeps_the_bright_stars_or_else_the_brightest_few() -> None:
+    snr = np.array([250.0, 40.0, np.nan, 320.0, 199.9, 200.0, 90.0])
+    np.testing.assert_array_equal(bright_enough(snr, 200.0, 3), [1, 0, 0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(bright_enough(snr, 200.0, 4), [1, 0, 0, 1, 1, 1, 0])  # too few: the 4 brightest
+    np.testing.assert_array_equal(bright_enough(snr[:3], 200.0, 10), [1, 1, 0])  # fewer than 4 finite: all finite
+
+
+def test_task_min_snr_drops_the_faint_stars() -> None:
+    positions = [(60.3, 50.7), (200.0, 60.2), (330.6, 70.1), (80.2, 150.5), (210.9, 160.4), (320.1, 240.8),
+                 (70.5, 250.0), (190.4, 240.3)]
+    exposure = _exposure_with_stars(positions[:4], flux=2e5)
+    faint = _exposure_with_stars(positions[4:], flux=2e3)
+    exposure.image = exposure.image + faint.image  # (two noise realisations: S/N of the faint ones ~ 40)
+    columns = empty_columns(len(positions), SOURCE_SCHEMA + EXTRA_SCHEMA)
+    columns["id"] = np.arange(1, len(positions) + 1)
+    columns["centroid.sdss.x"] = np.array([p[0] for p in positions])
+    columns["centroid.sdss.y"] = np.array([p[1] for p in positions])
+    config = ApCorrConfig(fit="chebyshev", min_snr=200.0, min_snr_stars=3)
+    result = ApCorrTask(config).run(exposure, columns, np.arange(len(positions)))
+    np.testing.assert_array_equal(result.stars.ids, [1, 2, 3, 4])
+    assert result.n_candidates == 8

@@ -56,6 +56,10 @@ class ApCorrConfig:
         "polynomial2013: 2013's fit (raw pixel coordinates, weights 1/sigma^4, no clipping); chebyshev: LSST "
         "2016-2020 measureApCorr (Chebyshev polynomials over the image box, unweighted, sigma clipping; the "
         "fluxes' errors are scaled by the correction, its RMS error is not added, as LSST's applyApCorr)")})
+    min_snr: float = field(default=0.0, metadata={"doc": (
+        "only stars whose flux.psf S/N (as measured for the fit) is at least this (0: all, as 2013; LSST's "
+        "measureApCorr science selector: 200); if fewer than min_snr_stars pass, the min_snr_stars of highest S/N")})
+    min_snr_stars: int = field(default=10, metadata={"doc": "see min_snr"})
     clip_iterations: int = field(default=4, metadata={"doc": "chebyshev fit: rounds of sigma clipping (LSST 4)"})
     clip_sigma: float = field(default=3.0, metadata={"doc": (
         "chebyshev fit: stars with |residual| > clip_sigma x RMS of the residuals are dropped (LSST 3)")})
@@ -237,6 +241,18 @@ def fit_chebyshev_clipped(x: np.ndarray, y: np.ndarray, ratio: np.ndarray, order
     return order, coefficients, rms, used
 
 
+def bright_enough(snr: np.ndarray, min_snr: float, min_stars: int) -> np.ndarray:
+    """Mask of the stars with `snr` >= `min_snr`, or, when fewer than `min_stars` are, of the `min_stars` stars of
+    highest S/N (all if there are not that many); NaN S/N never passes."""
+    snr = np.where(np.isfinite(snr), snr, -np.inf)
+    passed = snr >= min_snr
+    if passed.sum() >= min_stars:
+        return passed
+    chosen = np.zeros(len(snr), dtype=bool)
+    chosen[np.argsort(-snr, kind="stable")[:min_stars]] = True
+    return chosen & np.isfinite(snr)
+
+
 class ApCorrTask:
     """Measures flux.psf and flux.sinc afresh on the exposure at the selected stars and fits the ratio."""
 
@@ -267,6 +283,8 @@ class ApCorrTask:
         else:
             flux_psf = err_psf = flux_sinc = err_sinc = np.zeros(0)
         positive = (flux_psf > 0) & (flux_sinc > 0)
+        if config.min_snr > 0 and len(index):
+            positive &= bright_enough(flux_psf / err_psf, config.min_snr, config.min_snr_stars)
         ratio = flux_sinc[positive] / flux_psf[positive]
         ratio_err = ratio * np.hypot(err_psf[positive] / flux_psf[positive],
                                      err_sinc[positive] / flux_sinc[positive])
