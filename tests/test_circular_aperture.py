@@ -123,3 +123,30 @@ def test_measurement_task_fills_every_radius_and_recovers_star_fluxes():
     np.testing.assert_allclose(cols["flux.circular.6_0"] / cols["flux.circular.12_0"], 1.0, atol=0.02)
     assert np.all(cols["flux.circular.12_0.err"] > 0)
     assert not cols["flux.circular.12_0.flags.offimage"].any()
+
+
+def test_masked_flag_is_the_nearest_masked_square_closer_than_the_radius():
+    """Against the brute-force distance from each centre to every masked pixel's square, for centres placed
+    at all distances from a few masked pixels, many in the band where the nearest centre alone cannot decide."""
+    rng = np.random.default_rng(11)
+    mask = np.zeros((120, 160), np.uint16)
+    masked_pixels = [(30, 40), (31, 40), (80, 100), (60, 20), (100, 150)]
+    for row, column in masked_pixels:
+        mask[row, column] = mask_bit("CR")
+    mask[10, 10] = mask_bit("EDGE")  # not a masked-pixel plane
+    anchor = np.array(masked_pixels, dtype=np.float64)[rng.integers(0, 5, 400)]
+    angle, distance = rng.uniform(0, 2 * np.pi, 400), rng.uniform(2.0, 14.0, 400)
+    x = anchor[:, 1] + distance * np.cos(angle)
+    y = anchor[:, 0] + distance * np.sin(angle)
+    radii = (3.0, 4.5, 6.0, 9.0, 12.0)
+    result = circular_aperture_fluxes(np.zeros(mask.shape, np.float32), np.ones(mask.shape, np.float32), mask, x, y,
+                                      radii)
+    rows, columns = np.array(masked_pixels, dtype=np.float64).T
+    gap_x = np.maximum(np.abs(columns[None, :] - x[:, None]) - 0.5, 0.0)
+    gap_y = np.maximum(np.abs(rows[None, :] - y[:, None]) - 0.5, 0.0)
+    nearest_square = np.hypot(gap_x, gap_y).min(axis=1)
+    expected = np.array([nearest_square < r for r in radii])
+    np.testing.assert_array_equal(result.masked, expected)
+    centre = np.hypot(columns[None, :] - x[:, None], rows[None, :] - y[:, None]).min(axis=1)
+    undecided = np.array([(centre - 0.7072 < r) & (centre - 0.5 >= r) for r in radii]).any(axis=0)
+    assert undecided.sum() >= 20

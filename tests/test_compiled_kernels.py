@@ -19,9 +19,10 @@ from processccd.butler import Butler
 from processccd.config import load_config
 from processccd.parallel import make_jobs, run_frame
 butler = Butler(sys.argv[1], sys.argv[2])
-ids = butler.resolve({"run": [4192], "camcol": [4], "field": [300], "filter": ["u"]})
-job = make_jobs(butler.input_root, butler.output_root, ids, load_config(), clobber_output=True)[0]
+ids = butler.resolve({"run": [4192], "camcol": [4], "field": [300], "filter": [sys.argv[3]]})
+job = make_jobs(butler.input_root, butler.output_root, ids, load_config(sys.argv[4:]), clobber_output=True)[0]
 """
+PROFILE = Path(__file__).resolve().parents[1] / "configs" / "processCcd-lsst2020.yaml"
 
 
 def test_every_entry_point_is_a_kernel_of_its_module() -> None:
@@ -51,10 +52,12 @@ def test_importing_the_preload_module_outside_the_forkserver_keeps_the_normal_ex
 
 
 @pytest.mark.slow
-def test_after_preparing_the_kernels_a_frame_adds_no_specialisation(demo_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("band", "config_files"), [("u", []), ("g", [str(PROFILE)])], ids=["default", "lsst2020"])
+def test_after_preparing_the_kernels_a_frame_adds_no_specialisation(demo_dir: Path, tmp_path: Path, band: str,
+                                                                    config_files: list[str]) -> None:
     def run(script: str) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([sys.executable, "-c", FRAME_SCRIPT + script, str(demo_dir / "input"),
-                                 str(tmp_path / "out")], capture_output=True, text=True)
+                                 str(tmp_path / "out"), band, *config_files], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         return result
 
@@ -101,7 +104,7 @@ def test_after_the_worker_preload_a_frame_imports_no_module(demo_dir: Path, tmp_
     """The forkserver imports what a frame needs once: its workers import nothing more."""
     script = ("import sys\nimport processccd.worker_preload\nbefore = set(sys.modules)\n" + FRAME_SCRIPT
               + "assert run_frame(job).succeeded\nprint(sorted(set(sys.modules) - before))\n")
-    result = subprocess.run([sys.executable, "-c", script, str(demo_dir / "input"), str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-c", script, str(demo_dir / "input"), str(tmp_path / "out"), "u"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

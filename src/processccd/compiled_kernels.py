@@ -55,9 +55,10 @@ class Omitted:
 
 def warm_up_arguments() -> dict[str, list[tuple[Any, ...]]]:
     """Synthetic arguments of the types the pipeline calls each entry point with (array dtype, dimensions and
-    C layout; Python int -> int64, float -> float64, bool). Only their types are used: the kernels are compiled
-    for them, not run. A frame then compiles nothing more (tests/test_compiled_kernels.py checks it on a demo
-    frame); a call with other types would compile on its first use, in each process."""
+    layout: C, or 'A' for a strided view; Python int -> int64, float -> float64, bool). Only their types are
+    used: the kernels are compiled for them, not run. A frame then compiles nothing more, with the default
+    configuration or the LSST-2020 profile (tests/test_compiled_kernels.py checks it on demo frames); a call with
+    other types would compile on its first use, in each process."""
     def a(dtype: type, ndim: int) -> np.ndarray:
         return np.zeros((1,) * ndim, dtype=dtype)
 
@@ -69,9 +70,11 @@ def warm_up_arguments() -> dict[str, list[tuple[Any, ...]]]:
         "unmasked_values": [(a(f4, 2), a(u2, 2), 0, 0, 0, 0, 0)],
         "smooth_symmetric": [(a(f4, 2), a(f8, 1), 0)],
         # footprints of the smoothed image; negative footprints; uint8 images: detection.grow_diamond,
-        # lsst_footprint_labels and the negative runs with a higher inclusion level
+        # lsst_footprint_labels and the negative runs with a higher inclusion level; with detection.edge_margin
+        # (LSST-2020 profile) the smoothed image is a view without the margin: not C-contiguous ('A' layout)
         "threshold_spans": [(a(f4, 2), np.float32(0), Omitted(False)), (a(f4, 2), np.float32(0), True),
-                            (a(u1, 2), np.uint8(1), Omitted(False))],
+                            (a(u1, 2), np.uint8(1), Omitted(False)),
+                            (np.zeros((2, 3), f4)[:, :2], np.float32(0), Omitted(False))],
         "or_diamonds": [(a(u2, 2), a(i8, 1), a(i8, 1), a(i8, 1), 0, 0), (a(u1, 2), a(i8, 1), a(i8, 1), a(i8, 1), 0, 0)],
         "split_possible": [(a(i8, 1), a(i8, 1), a(f4, 1), a(i8, 1), 0, (0, 0), 0)],  # the LSST-2020 deblend
         # processccd.meas.moments_kernels

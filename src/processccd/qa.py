@@ -147,8 +147,8 @@ def ap_corr_polynomial(record: Any) -> np.ndarray | None:
     Looks for a list under a key containing "coef" (at the top level or one mapping down) whose length is
     a triangular number (order + 1)(order + 2)/2.
     """
-    if not isinstance(record, dict):
-        return None
+    if not isinstance(record, dict) or record.get("fit", "polynomial2013") != "polynomial2013":
+        return None  # e.g. the LSST-2020 profile's Chebyshev fit: not a polynomial in raw coordinates
     candidates = [record] + [v for v in record.values() if isinstance(v, dict)]
     for mapping in candidates:
         for key, value in mapping.items():

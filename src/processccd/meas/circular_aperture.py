@@ -61,30 +61,34 @@ class CircularApertureFluxes:
     masked: np.ndarray  # bool: a pixel of MASKED_PLANES overlaps the aperture
 
 
-def _nearest_masked_distance(mask: np.ndarray, x: np.ndarray, y: np.ndarray, reach: float) -> np.ndarray:
-    """Per source, the smallest distance from (x, y) to any point of a MASKED_PLANES pixel (inf beyond
-    `reach` + 1 px)."""
+def _overlaps_masked(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radii: tuple[float, ...]) -> np.ndarray:
+    """(n_radii, N) bool: some MASKED_PLANES pixel's square comes closer to (x, y) than the radius.
+
+    With d the distance to the nearest masked pixel centre: d - 0.5 < r is an overlap (that pixel's square lies
+    within max(d - 0.5, 0)), d - sqrt(2)/2 >= r is none (every square lies within sqrt(2)/2 of its centre); the
+    squares themselves are examined only for the sources some radius falls in between."""
     from scipy.spatial import cKDTree
 
     bits = sum(mask_bit(name) for name in MASKED_PLANES)
     ys, xs = np.nonzero(mask & bits)
-    distance = np.full(len(x), np.inf)
+    radius = np.asarray(radii, dtype=np.float64)[:, None]
     if len(xs) == 0 or len(x) == 0:
-        return distance
+        return np.zeros((len(radii), len(x)), dtype=bool)
     tree = cKDTree(np.column_stack([xs, ys]).astype(np.float64))
     centres = np.column_stack([x, y])
     nearest = np.full(len(x), np.inf)
     finite = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
-    nearest[finite] = tree.query(centres[finite], distance_upper_bound=reach + 1.0)[0]
+    nearest[finite] = tree.query(centres[finite], distance_upper_bound=float(radius.max()) + 1.0)[0]
+    overlaps = nearest - 0.5 < radius
+    unsure = np.flatnonzero(((nearest - 0.7072 < radius) & ~overlaps).any(axis=0))
     # the pixel whose square is nearest has its centre within (nearest centre distance + sqrt(2)/2)
-    candidates = np.flatnonzero(np.isfinite(nearest))
-    for i, found in zip(candidates.tolist(), tree.query_ball_point(centres[candidates], nearest[candidates] + 0.71),
+    for i, found in zip(unsure.tolist(), tree.query_ball_point(centres[unsure], nearest[unsure] + 0.71),
                         strict=True):
         found = np.asarray(found, dtype=np.int64)
         gap_x = np.maximum(np.abs(xs[found] - x[i]) - 0.5, 0.0)
         gap_y = np.maximum(np.abs(ys[found] - y[i]) - 0.5, 0.0)
-        distance[i] = np.sqrt(np.min(gap_x * gap_x + gap_y * gap_y))
-    return distance
+        overlaps[:, i] = np.sqrt(np.min(gap_x * gap_x + gap_y * gap_y)) < radius[:, 0]
+    return overlaps
 
 
 def circular_aperture_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x: np.ndarray,
@@ -115,7 +119,7 @@ def circular_aperture_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.n
     data = np.ascontiguousarray(image, dtype=np.float32)
     error = np.sqrt(np.maximum(np.asarray(variance, dtype=np.float32), np.float32(0.0)))
     height, width = image.shape
-    nearest_masked = _nearest_masked_distance(mask, x, y, max(radii))
+    masked[:] = _overlaps_masked(mask, x, y, radii)
     for k, radius in enumerate(radii):
         radius = float(radius)
         sums, errs, _ = sep.sum_circle(data, xf, yf, radius, err=error, subpix=0)
@@ -126,7 +130,6 @@ def circular_aperture_fluxes(image: np.ndarray, variance: np.ndarray, mask: np.n
         flux_err[k, finite] = np.where(apart, np.nan, errs)
         off_image[k] = ((x - radius < -0.5) | (x + radius > width - 0.5) | (y - radius < -0.5)
                         | (y + radius > height - 0.5) | ~np.isfinite(x) | ~np.isfinite(y))
-        masked[k] = nearest_masked < radius
     if footprint_deltas is not None:
         source, ys, xs, deltas = footprint_deltas
         dx, dy = xs - x[source], ys - y[source]
