@@ -94,12 +94,17 @@ class Exposure:
     def shape(self) -> tuple[int, int]:
         return self.image.shape  # type: ignore[return-value]
 
+    def wcs_cards(self) -> list[str]:
+        """The card images of the WCS header (`wcs.to_header(relax=True)`) that the image extensions carry."""
+        return [str(card) for card in self.wcs.to_header(relax=True).cards]
+
     def write_fits(self, path: Path, provenance: dict[str, Any] | None = None, compression: str = "none",
-                   quantize_level: float = 16.0) -> None:
+                   quantize_level: float = 16.0, wcs_cards: list[str] | None = None) -> None:
         """Write a calexp: empty primary (metadata, provenance), IMAGE, MASK, VARIANCE extensions.
 
         `compression` "lossless" or "rice" writes the three planes as tile-compressed image HDUs
-        (`compressed_plane`); "none" (the default) writes them as plain image extensions.
+        (`compressed_plane`); "none" (the default) writes them as plain image extensions. `wcs_cards`: those of
+        `self.wcs_cards()`, when the caller has them already.
 
         The bytes are those of `fits.HDUList` of astropy `ImageHDU`s made with the WCS header (the MASK as
         int32); the extension headers are assembled from card images (`image_extension_header`).
@@ -119,7 +124,7 @@ class Exposure:
             hdr[key] = value  # metadata keys are FITS keywords (<= 8 characters), values scalars
         for key, value in (provenance or {}).items():
             hdr.add_history(f"{key}: {value}")
-        wcs_cards = [str(card) for card in self.wcs.to_header(relax=True).cards]
+        wcs_cards = self.wcs_cards() if wcs_cards is None else wcs_cards
         extensions = []
         for name, data, stored, cards in (("IMAGE", self.image, FLOAT32, _unit_cards("adu")),
                                           ("MASK", self.mask, INT32, _mask_plane_cards()),
@@ -134,6 +139,14 @@ class Exposure:
             fits.HDUList([primary, *extensions]).writeto(path)
             return
         write_hdus(path, [primary, *extensions])
+
+
+def write_float_image(path: Path, data: np.ndarray, wcs_cards: list[str], name: str, unit: str) -> None:
+    """An empty primary HDU and one float32 image extension `name` with the WCS cards and BUNIT `unit`: the bytes
+    of `fits.ImageHDU(data, header=the WCS header, name=name)` with `header["BUNIT"] = unit`, as astropy writes
+    them after an empty `PrimaryHDU`."""
+    header = image_extension_header(FLOAT32, data.shape, [*wcs_cards, *_extname_cards(name), *_unit_cards(unit)])
+    write_hdus(path, [fits.PrimaryHDU(), RawImageHdu(header, data, FLOAT32)])
 
 
 DITHER_SEED_CHECKSUM = -1  # astropy/cfitsio: the dither seed comes from the checksum of the first tile
