@@ -92,6 +92,18 @@ def test_kl_kernel_is_the_polynomial_weighted_sum_of_trimmed_bases() -> None:
     np.testing.assert_allclose(shifted.component_amplitudes(x - 0.5, y - 0.5), [a0, a1])
 
 
+def test_kl_kernel_equals_numpys_tensor_contraction_bit_for_bit() -> None:
+    """The kernel is the contraction np.tensordot(amplitudes, basis, axes=1) bit for bit (the products depend on its
+    rounding), at positions over the frame, for a 4-component PSF of 3 x 3 polynomial terms as in the psFields."""
+    rng = np.random.default_rng(3)
+    components = [KLComponent(rng.normal(size=(3, 3)), gaussian_basis(1.0 + k, 2.0 - 0.3 * k) * rng.normal())
+                  for k in range(4)]
+    psf = SdssKLPsf(components)
+    for x, y in zip(rng.uniform(-20, 2070, 300), rng.uniform(-20, 1500, 300), strict=True):
+        expected = np.tensordot(psf.component_amplitudes(x, y), psf.basis, axes=1)
+        assert np.array_equal(psf.kernel(x, y), expected)
+
+
 def test_kl_first_coefficient_index_is_the_row_power() -> None:
     basis = gaussian_basis(1.0, 1.0)
     psf = SdssKLPsf([KLComponent(np.array([[0.0], [1.0]]), basis)])  # amplitude = 0.001 y
