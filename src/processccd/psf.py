@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from astropy.io import fits
 
 from processccd.errors import InputError
 from processccd.lanczos import shift_image, shift_images
@@ -118,6 +117,8 @@ class SdssKLPsf(Psf):
 
     def write_fits(self, path: str | Path) -> None:
         """Persist the model: one table row per KL component (COEFFS, trimmed BASIS image)."""
+        from astropy.io import fits  # on first use: reading the configuration needs no astropy
+
         columns = [
             fits.Column(name="COEFFS", format=f"{self.coeffs[0].size}D", dim=f"({self.coeffs.shape[2]},"
                         f"{self.coeffs.shape[1]})", array=self.coeffs),
@@ -133,6 +134,8 @@ class SdssKLPsf(Psf):
     @classmethod
     def read_fits(cls, path: str | Path) -> SdssKLPsf:
         """Read a model written by `write_fits`."""
+        from astropy.io import fits
+
         with fits.open(path) as hdul:
             table = hdul["SDSSKLPSF"]
             coeffs, basis = np.array(table.data["COEFFS"]), np.array(table.data["BASIS"])
