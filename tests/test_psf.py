@@ -201,6 +201,29 @@ def test_kl_psf_fits_round_trip(tmp_path):
         np.testing.assert_allclose(back.kernel(x, y), psf.kernel(x, y), rtol=1e-12)
 
 
+@pytest.mark.parametrize(("n_components", "n_terms", "offset"), [(4, 3, 0.0), (3, 2, 0.5), (1, 4, -0.25)])
+def test_kl_psf_file_is_byte_identical_to_astropys(tmp_path: Path, n_components: int, n_terms: int, offset: float
+                                                   ) -> None:
+    """write_fits assembles the bytes astropy writes for the table of COEFFS and BASIS columns."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(n_components)
+    components = [KLComponent(coeffs=rng.normal(size=(n_terms, n_terms)), basis=rng.normal(size=(51, 51)))
+                  for _ in range(n_components)]
+    psf = SdssKLPsf(components, sdss_offset=offset)
+    psf.write_fits(tmp_path / "ours.fits")
+    columns = [fits.Column(name="COEFFS", format=f"{n_terms * n_terms}D", dim=f"({n_terms},{n_terms})",
+                           array=psf.coeffs),
+               fits.Column(name="BASIS", format=f"{KERNEL_SIZE**2}D", dim=f"({KERNEL_SIZE},{KERNEL_SIZE})",
+                           array=psf.basis)]
+    table = fits.BinTableHDU.from_columns(columns, name="SDSSKLPSF")
+    table.header["SDSSOFF"] = (offset, "offset added to x, y in the polynomial")
+    table.header["COMMENT"] = "a_k(x,y) = sum_rc COEFFS_k[r,c] (0.001 (y+SDSSOFF))^r (0.001 (x+SDSSOFF))^c"
+    table.header["COMMENT"] = "PSF kernel(x,y) = sum_k a_k(x,y) BASIS_k, centre at the middle pixel"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "astropy.fits")
+    assert (tmp_path / "ours.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
+
+
 def gaussian_stamp(x0: float, y0: float, sigma_x: float, sigma_y: float, angle: float = 0.0) -> np.ndarray:
     """A 31 x 31 point-sampled elliptical Gaussian centred at (x0, y0), axes rotated by `angle`."""
     yy, xx = np.indices((KERNEL_SIZE, KERNEL_SIZE), dtype=np.float64)

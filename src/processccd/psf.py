@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,20 +117,20 @@ class SdssKLPsf(Psf):
         return np.tensordot(amplitudes, self.basis, axes=1)
 
     def write_fits(self, path: str | Path) -> None:
-        """Persist the model: one table row per KL component (COEFFS, trimmed BASIS image)."""
-        from astropy.io import fits  # on first use: reading the configuration needs no astropy
+        """Persist the model: one table row per KL component (COEFFS, trimmed BASIS image).
 
-        columns = [
-            fits.Column(name="COEFFS", format=f"{self.coeffs[0].size}D", dim=f"({self.coeffs.shape[2]},"
-                        f"{self.coeffs.shape[1]})", array=self.coeffs),
-            fits.Column(name="BASIS", format=f"{self.basis[0].size}D", dim=f"({self.size},{self.size})",
-                        array=self.basis),
-        ]
-        table = fits.BinTableHDU.from_columns(columns, name="SDSSKLPSF")
-        table.header["SDSSOFF"] = (self.sdss_offset, "offset added to x, y in the polynomial")
-        table.header["COMMENT"] = "a_k(x,y) = sum_rc COEFFS_k[r,c] (0.001 (y+SDSSOFF))^r (0.001 (x+SDSSOFF))^c"
-        table.header["COMMENT"] = "PSF kernel(x,y) = sum_k a_k(x,y) BASIS_k, centre at the middle pixel"
-        fits.HDUList([fits.PrimaryHDU(), table]).writeto(path, overwrite=True)
+        The bytes are those astropy writes for the `BinTableHDU` of these columns (`_table_header`), assembled
+        with numpy: the header text, made once per shape and offset, then the big-endian rows."""
+        from processccd.table import _fits_blocks, _primary_header_block
+
+        rows = np.empty(len(self.coeffs), dtype=[("COEFFS", ">f8", self.coeffs.shape[1:]),
+                                                 ("BASIS", ">f8", self.basis.shape[1:])])
+        rows["COEFFS"], rows["BASIS"] = self.coeffs, self.basis
+        header = _table_header(self.coeffs.shape, self.basis.shape[1:], self.sdss_offset)
+        with open(path, "wb") as stream:
+            stream.write(_primary_header_block())
+            stream.write(header)
+            stream.write(_fits_blocks(rows.tobytes(), b"\0"))
 
     @classmethod
     def read_fits(cls, path: str | Path) -> SdssKLPsf:
@@ -142,6 +143,26 @@ class SdssKLPsf(Psf):
             offset = float(table.header["SDSSOFF"])
         components = [KLComponent(coeffs=c, basis=b) for c, b in zip(coeffs, basis, strict=True)]
         return cls(components, sdss_offset=offset, size=basis.shape[-1])
+
+
+@functools.cache
+def _table_header(coeffs_shape: tuple[int, ...], basis_shape: tuple[int, ...], sdss_offset: float) -> bytes:
+    """The header, as astropy writes it, of the psf table of `SdssKLPsf.write_fits` for coefficients and basis
+    images of these shapes (made by astropy from zero arrays: only the shapes and the offset enter it)."""
+    from astropy.io import fits  # on first use: reading the configuration needs no astropy
+
+    coeffs, basis = np.zeros(coeffs_shape), np.zeros((coeffs_shape[0], *basis_shape))
+    columns = [
+        fits.Column(name="COEFFS", format=f"{coeffs[0].size}D", dim=f"({coeffs_shape[2]},{coeffs_shape[1]})",
+                    array=coeffs),
+        fits.Column(name="BASIS", format=f"{basis[0].size}D", dim=f"({basis_shape[1]},{basis_shape[0]})",
+                    array=basis),
+    ]
+    table = fits.BinTableHDU.from_columns(columns, name="SDSSKLPSF")
+    table.header["SDSSOFF"] = (sdss_offset, "offset added to x, y in the polynomial")
+    table.header["COMMENT"] = "a_k(x,y) = sum_rc COEFFS_k[r,c] (0.001 (y+SDSSOFF))^r (0.001 (x+SDSSOFF))^c"
+    table.header["COMMENT"] = "PSF kernel(x,y) = sum_k a_k(x,y) BASIS_k, centre at the middle pixel"
+    return table.header.tostring().encode("ascii")
 
 
 ADAPTIVE_WIDTH_MAX_ITER = 100  # meas_algorithms PsfAttributes (2013): MAXIT
