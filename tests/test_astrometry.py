@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from astropy.table import Table
 from astropy.wcs import WCS
 
 from processccd.refcat import ReferenceCatalog
 from processccd.table import EXTRA_SCHEMA, SOURCE_SCHEMA, empty_columns
-from processccd.tasks.astrometry import AstrometryTask, clean_offsets, closest_pairs
+from processccd.tasks.astrometry import AstrometryTask, Matches, clean_offsets, closest_pairs, write_match_table
 from processccd.tasks.star_selector import StarSelectorTask
 from reference_impl.astrometry import dense_closest_pairs
 
@@ -132,3 +133,26 @@ def test_closest_pairs_equal_the_dense_matcher_bit_for_bit(seed: int) -> None:
         for got, want in zip(fast, dense, strict=True):
             np.testing.assert_array_equal(got, want)
             assert got.dtype == want.dtype
+
+
+@pytest.mark.parametrize("n", [0, 1, 40])
+def test_match_table_is_byte_identical_to_astropy_table_write(tmp_path, n: int) -> None:
+    """icMatch, written with numpy, has the bytes astropy.table writes for the same columns, units and meta."""
+    rng = np.random.default_rng(n)
+    reference = ReferenceCatalog(rng.integers(0, 2**40, n), rng.uniform(0, 360, n), rng.uniform(-5, 5, n),
+                                 rng.uniform(14, 22, n), rng.uniform(0.01, 0.1, n), rng.random(n) < 0.5)
+    matches = Matches(rng.permutation(n).astype(np.int64), reference, rng.uniform(0, 2048, n),
+                      rng.uniform(0, 1361, n), rng.uniform(0, 1, n))
+    source_ids = rng.integers(0, 2**50, n).astype(np.int64)
+    write_match_table(tmp_path / "ours.fits", matches, source_ids, "r")
+    table = Table()
+    table["source.id"] = source_ids[matches.source_index]
+    table["ref.id"] = reference.ids
+    for name, values, unit in (("ref.ra", reference.ra, "deg"), ("ref.dec", reference.dec, "deg"),
+                               ("ref.mag", reference.mag, "mag"), ("ref.mag.err", reference.mag_err, "mag"),
+                               ("distance", matches.distance_arcsec, "arcsec")):
+        table[name] = values
+        table[name].unit = unit
+    table.meta["FILTER"] = "r"
+    table.write(tmp_path / "astropy.fits", format="fits")
+    assert (tmp_path / "ours.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()

@@ -11,7 +11,7 @@ from astropy.wcs import WCS
 
 from processccd import __version__
 from processccd.dataid import DataId
-from processccd.image import MASK_PLANES, Exposure, PhotoCalib, read_calexp, write_hdus
+from processccd.image import MASK_PLANES, Exposure, PhotoCalib, read_calexp, write_float_image, write_hdus
 from processccd.sdss.astrans import AsTrans
 from processccd.wcs import fit_tan_sip
 from reference_impl.psf import GaussianPsf
@@ -99,3 +99,16 @@ def test_calexp_is_byte_identical_to_astropy_hdus(tmp_path: Path, height: int, w
     np.testing.assert_array_equal(calexp.mask, exposure.mask)
     np.testing.assert_array_equal(calexp.image, exposure.image.astype(np.float32))
     assert calexp.mask_planes == MASK_PLANES
+
+
+def test_background_image_is_byte_identical_to_astropy(tmp_path: Path) -> None:
+    """calexpBackground: `write_float_image` against the astropy HDUs it replaced."""
+    rng = np.random.default_rng(7)
+    data = rng.normal(100.0, 3.0, (45, 67)).astype(np.float32)
+    wcs = _sip_wcs(67, 45)
+    write_float_image(tmp_path / "ours.fits", data, [str(card) for card in wcs.to_header(relax=True).cards],
+                      "BACKGROUND", "adu")
+    hdu = fits.ImageHDU(data, header=wcs.to_header(relax=True), name="BACKGROUND")
+    hdu.header["BUNIT"] = "adu"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp_path / "astropy.fits")
+    assert (tmp_path / "ours.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()

@@ -115,6 +115,15 @@ def test_the_client_reads_the_config_without_numba() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_the_client_reads_the_config_without_astropy_or_scipy() -> None:
+    """With worker processes, the client only reads the configuration: astropy and scipy (~0.6 CPU s of imports) are
+    imported by the workers (their preload), where frames use them."""
+    code = ("import sys; import processccd.tasks.process_ccd; from processccd.config import load_config; "
+            "load_config((), ()); print(sorted(m for m in ('astropy', 'scipy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_one_blas_thread_per_process_is_a_default_that_a_user_value_overrides(monkeypatch) -> None:
     from processccd.parallel import BLAS_THREAD_VARIABLES, one_blas_thread_per_process
 

@@ -92,6 +92,18 @@ def test_kl_kernel_is_the_polynomial_weighted_sum_of_trimmed_bases() -> None:
     np.testing.assert_allclose(shifted.component_amplitudes(x - 0.5, y - 0.5), [a0, a1])
 
 
+def test_kl_kernel_equals_numpys_tensor_contraction_bit_for_bit() -> None:
+    """The kernel is the contraction np.tensordot(amplitudes, basis, axes=1) bit for bit (the products depend on its
+    rounding), at positions over the frame, for a 4-component PSF of 3 x 3 polynomial terms as in the psFields."""
+    rng = np.random.default_rng(3)
+    components = [KLComponent(rng.normal(size=(3, 3)), gaussian_basis(1.0 + k, 2.0 - 0.3 * k) * rng.normal())
+                  for k in range(4)]
+    psf = SdssKLPsf(components)
+    for x, y in zip(rng.uniform(-20, 2070, 300), rng.uniform(-20, 1500, 300), strict=True):
+        expected = np.tensordot(psf.component_amplitudes(x, y), psf.basis, axes=1)
+        assert np.array_equal(psf.kernel(x, y), expected)
+
+
 def test_kl_first_coefficient_index_is_the_row_power() -> None:
     basis = gaussian_basis(1.0, 1.0)
     psf = SdssKLPsf([KLComponent(np.array([[0.0], [1.0]]), basis)])  # amplitude = 0.001 y
@@ -187,6 +199,29 @@ def test_kl_psf_fits_round_trip(tmp_path):
     back = SdssKLPsf.read_fits(tmp_path / "psf.fits")
     for x, y in [(0.0, 0.0), (1024.3, 680.7), (2047.0, 1360.0)]:
         np.testing.assert_allclose(back.kernel(x, y), psf.kernel(x, y), rtol=1e-12)
+
+
+@pytest.mark.parametrize(("n_components", "n_terms", "offset"), [(4, 3, 0.0), (3, 2, 0.5), (1, 4, -0.25)])
+def test_kl_psf_file_is_byte_identical_to_astropys(tmp_path: Path, n_components: int, n_terms: int, offset: float
+                                                   ) -> None:
+    """write_fits assembles the bytes astropy writes for the table of COEFFS and BASIS columns."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(n_components)
+    components = [KLComponent(coeffs=rng.normal(size=(n_terms, n_terms)), basis=rng.normal(size=(51, 51)))
+                  for _ in range(n_components)]
+    psf = SdssKLPsf(components, sdss_offset=offset)
+    psf.write_fits(tmp_path / "ours.fits")
+    columns = [fits.Column(name="COEFFS", format=f"{n_terms * n_terms}D", dim=f"({n_terms},{n_terms})",
+                           array=psf.coeffs),
+               fits.Column(name="BASIS", format=f"{KERNEL_SIZE**2}D", dim=f"({KERNEL_SIZE},{KERNEL_SIZE})",
+                           array=psf.basis)]
+    table = fits.BinTableHDU.from_columns(columns, name="SDSSKLPSF")
+    table.header["SDSSOFF"] = (offset, "offset added to x, y in the polynomial")
+    table.header["COMMENT"] = "a_k(x,y) = sum_rc COEFFS_k[r,c] (0.001 (y+SDSSOFF))^r (0.001 (x+SDSSOFF))^c"
+    table.header["COMMENT"] = "PSF kernel(x,y) = sum_k a_k(x,y) BASIS_k, centre at the middle pixel"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(tmp_path / "astropy.fits")
+    assert (tmp_path / "ours.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
 
 
 def gaussian_stamp(x0: float, y0: float, sigma_x: float, sigma_y: float, angle: float = 0.0) -> np.ndarray:

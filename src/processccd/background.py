@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy.interpolate import CubicSpline
 
 from processccd.errors import CalibrationError
 from processccd.stats import IQR_TO_SIGMA
@@ -202,6 +201,8 @@ def natural_spline_weights(knots: np.ndarray, positions: np.ndarray) -> np.ndarr
     The natural cubic spline is linear in the knot values; outside [knots[0], knots[-1]] it is continued
     as y_end + d * delta + d2 * delta**2 / 2 with the spline's end slope d and curvature d2.
     """
+    from scipy.interpolate import CubicSpline  # on first use: reading the configuration needs no scipy
+
     knots = np.asarray(knots, dtype=np.float64)
     positions = np.asarray(positions, dtype=np.float64)
     spline = CubicSpline(knots, np.eye(knots.size), bc_type="natural", axis=0)

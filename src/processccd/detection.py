@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from processccd.background import (
     BackgroundConfig,
@@ -319,6 +318,8 @@ def _negative_runs(smoothed: np.ndarray, level: float, include_level: float
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs (row, first x, last x) of the negative footprints (smoothed <= -level) that reach <= -include_level
     somewhere."""
+    from scipy import ndimage
+
     from processccd.pixel_kernels import threshold_spans
 
     if include_level <= level:

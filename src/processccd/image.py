@@ -5,15 +5,17 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
-from astropy.wcs import WCS
 
 from processccd import __version__
 from processccd.dataid import DataId
 from processccd.psf import Psf
+
+if TYPE_CHECKING:
+    from astropy.io import fits
+    from astropy.wcs import WCS
 
 FITS_BLOCK = 2880  # bytes
 FITS_CARD = 80  # characters
@@ -94,16 +96,23 @@ class Exposure:
     def shape(self) -> tuple[int, int]:
         return self.image.shape  # type: ignore[return-value]
 
+    def wcs_cards(self) -> list[str]:
+        """The card images of the WCS header (`wcs.to_header(relax=True)`) that the image extensions carry."""
+        return [str(card) for card in self.wcs.to_header(relax=True).cards]
+
     def write_fits(self, path: Path, provenance: dict[str, Any] | None = None, compression: str = "none",
-                   quantize_level: float = 16.0) -> None:
+                   quantize_level: float = 16.0, wcs_cards: list[str] | None = None) -> None:
         """Write a calexp: empty primary (metadata, provenance), IMAGE, MASK, VARIANCE extensions.
 
         `compression` "lossless" or "rice" writes the three planes as tile-compressed image HDUs
-        (`compressed_plane`); "none" (the default) writes them as plain image extensions.
+        (`compressed_plane`); "none" (the default) writes them as plain image extensions. `wcs_cards`: those of
+        `self.wcs_cards()`, when the caller has them already.
 
         The bytes are those of `fits.HDUList` of astropy `ImageHDU`s made with the WCS header (the MASK as
         int32); the extension headers are assembled from card images (`image_extension_header`).
         """
+        from astropy.io import fits  # on first use: reading the configuration needs no astropy
+
         primary = fits.PrimaryHDU()
         hdr = primary.header
         hdr["ORIGIN"] = ("processccd", "software that wrote this file")
@@ -119,7 +128,7 @@ class Exposure:
             hdr[key] = value  # metadata keys are FITS keywords (<= 8 characters), values scalars
         for key, value in (provenance or {}).items():
             hdr.add_history(f"{key}: {value}")
-        wcs_cards = [str(card) for card in self.wcs.to_header(relax=True).cards]
+        wcs_cards = self.wcs_cards() if wcs_cards is None else wcs_cards
         extensions = []
         for name, data, stored, cards in (("IMAGE", self.image, FLOAT32, _unit_cards("adu")),
                                           ("MASK", self.mask, INT32, _mask_plane_cards()),
@@ -136,6 +145,16 @@ class Exposure:
         write_hdus(path, [primary, *extensions])
 
 
+def write_float_image(path: Path, data: np.ndarray, wcs_cards: list[str], name: str, unit: str) -> None:
+    """An empty primary HDU and one float32 image extension `name` with the WCS cards and BUNIT `unit`: the bytes
+    of `fits.ImageHDU(data, header=the WCS header, name=name)` with `header["BUNIT"] = unit`, as astropy writes
+    them after an empty `PrimaryHDU`."""
+    from astropy.io import fits
+
+    header = image_extension_header(FLOAT32, data.shape, [*wcs_cards, *_extname_cards(name), *_unit_cards(unit)])
+    write_hdus(path, [fits.PrimaryHDU(), RawImageHdu(header, data, FLOAT32)])
+
+
 DITHER_SEED_CHECKSUM = -1  # astropy/cfitsio: the dither seed comes from the checksum of the first tile
 RICE_TILE_ROWS = 16
 COMPRESSION_TYPES = {"lossless": {"IMAGE": "GZIP_2", "MASK": "RICE_1", "VARIANCE": "GZIP_2"},
@@ -150,6 +169,8 @@ def compressed_plane(name: str, data: np.ndarray, cards: list[str], compression:
     checksum so that the file is reproducible (the MASK stays exact). The "lossless" files differ from run to run
     in the gzip time stamps of the tiles (Python's gzip.compress, which astropy calls, writes the current time),
     not in their pixels."""
+    from astropy.io import fits
+
     floating = data.dtype.kind == "f"
     quantize = 0.0 if compression == "lossless" and floating else quantize_level
     header = fits.Header([fits.Card.fromstring(card) for card in cards])
@@ -180,22 +201,30 @@ class RawImageHdu:
 @functools.cache
 def _image_structure_cards(stored: np.dtype, shape: tuple[int, ...]) -> tuple[str, ...]:
     """The cards astropy begins an image extension of this type and shape with (XTENSION ... GCOUNT)."""
+    from astropy.io import fits
+
     return tuple(str(card) for card in fits.ImageHDU(np.empty(shape, dtype=stored)).header.cards)
 
 
 @functools.cache
 def _extname_cards(name: str) -> tuple[str, ...]:
+    from astropy.io import fits
+
     return (str(fits.Card("EXTNAME", name, "extension name")),)
 
 
 @functools.cache
 def _unit_cards(unit: str) -> tuple[str, ...]:
+    from astropy.io import fits
+
     return (str(fits.Card("BUNIT", unit)),)
 
 
 @functools.cache
 def _mask_plane_cards() -> tuple[str, ...]:
     """MP_<plane> = bit index, the mask-plane dictionary of the MASK extension."""
+    from astropy.io import fits
+
     keys = (f"MP_{name}" for name in MASK_PLANES)
     return tuple(str(fits.Card(key if len(key) <= 8 else f"HIERARCH {key}", bit, "mask plane bit index"))
                  for key, bit in zip(keys, MASK_PLANES.values(), strict=True))
@@ -245,6 +274,9 @@ class Calexp:
 
 def read_calexp(path: Path) -> Calexp:
     """Read a calexp written by `Exposure.write_fits`."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
     with fits.open(path) as hdul:
         image_hdu = hdul["IMAGE"]
         mask_header = hdul["MASK"].header

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 
 def lanczos_weights(frac: float, order: int = 5) -> np.ndarray:
@@ -19,6 +18,8 @@ def lanczos_weights(frac: float, order: int = 5) -> np.ndarray:
 
 def shift_image(image: np.ndarray, dx: float, dy: float, order: int = 5) -> np.ndarray:
     """Shift `image` by (dx, dy) pixels (content moves to +x, +y), zero padding outside."""
+    from scipy import ndimage  # on first use: reading the configuration needs no scipy
+
     out = np.asarray(image, dtype=np.float64)
     if dx != 0.0:
         out = ndimage.correlate1d(out, lanczos_weights(dx, order), axis=1, mode="constant", cval=0.0)

@@ -6,12 +6,14 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
-from astropy.wcs import WCS
 
 from processccd.errors import InputError
+
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
 
 log = logging.getLogger("processCcd.calibrate.astrometry")
 
@@ -108,6 +110,8 @@ class ReferenceCatalog:
 @lru_cache(maxsize=4)
 def _read_columns(path: str, hdu: int) -> dict[str, np.ndarray]:
     """All columns of the table in extension `hdu` (cached: ten frames share one catalogue)."""
+    from astropy.io import fits  # on first use: reading the configuration needs no astropy
+
     try:
         with fits.open(path) as hdul:
             data = hdul[hdu].data

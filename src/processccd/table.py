@@ -131,8 +131,9 @@ def empty_columns(n: int, schema: list[Column]) -> dict[str, np.ndarray]:
 
 
 @functools.cache
-def _table_header_cards(schema: tuple[Column, ...]) -> tuple[str, ...]:
-    """The 80-character header cards of a source table of `schema` with no rows, up to its TDOCn cards.
+def _table_header_cards(schema: tuple[Column, ...], column_docs: bool = True) -> tuple[str, ...]:
+    """The 80-character header cards of a source table of `schema` with no rows, up to its TDOCn cards (none
+    without `column_docs`).
 
     Made once per schema by astropy (`table_to_hdu` of an empty table with units), so that the cards are
     exactly those astropy writes; only NAXIS2 depends on the number of rows.
@@ -146,7 +147,7 @@ def _table_header_cards(schema: tuple[Column, ...]) -> tuple[str, ...]:
         if col.unit:
             table[col.name].unit = col.unit
     header = fits.table_to_hdu(table).header
-    for i, col in enumerate(schema, start=1):
+    for i, col in enumerate(schema if column_docs else (), start=1):
         header[f"TDOC{i}"] = col.doc[:68]
     return tuple(str(card) for card in header.cards)
 
@@ -157,11 +158,13 @@ def _fits_blocks(blob: bytes, fill: bytes) -> bytes:
 
 
 def write_source_table(path: Path, columns: dict[str, np.ndarray], schema: list[Column],
-                       header: dict[str, Any] | None = None) -> None:
-    """Write a FITS binary table with units and column descriptions (TDOCn) in the header.
+                       header: dict[str, Any] | None = None, column_docs: bool = True) -> None:
+    """Write a FITS binary table with units and column descriptions (TDOCn; none without `column_docs`) in the
+    header.
 
     The bytes are those astropy writes for the table (`_table_header_cards`), assembled with numpy:
-    big-endian rows, booleans as the FITS logicals 'T'/'F'.
+    big-endian rows, booleans as the FITS logicals 'T'/'F'. Without `column_docs`, they are the bytes of
+    `astropy.table.Table.write` of the columns with their units and `header` as the table's meta.
     """
     from astropy.io import fits
 
@@ -171,7 +174,7 @@ def write_source_table(path: Path, columns: dict[str, np.ndarray], schema: list[
     for col in schema:
         values = np.asarray(columns[col.name], dtype=col.dtype)
         rows[col.name] = np.where(values, ord("T"), ord("F")) if col.dtype == "?" else values
-    cards = list(_table_header_cards(tuple(schema)))
+    cards = list(_table_header_cards(tuple(schema), column_docs))
     naxis2 = next(i for i, card in enumerate(cards) if card.startswith("NAXIS2  ="))
     cards[naxis2] = str(fits.Card("NAXIS2", len(rows), "length of dimension 2"))
     cards.extend(str(fits.Card(key, value)) for key, value in (header or {}).items())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.coordinates import SkyCoord
-from astropy.wcs import WCS, Sip
 
 from processccd.errors import CalibrationError, InputError
+
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
 
 FRAME_WIDTH = 2048  # trimmed SDSS frame, columns (x)
 FRAME_HEIGHT = 1361  # trimmed SDSS frame, rows (y)
@@ -54,6 +55,8 @@ def fit_tan_sip(
     cd = np.stack([coefficients[terms.index((1, 0))], coefficients[terms.index((0, 1))]], axis=1)
     if not np.all(np.isfinite(cd)) or abs(np.linalg.det(cd)) == 0.0:
         raise CalibrationError("TAN-SIP fit of the pixel -> sky transform failed (singular CD matrix)")
+
+    from astropy.wcs import WCS, Sip  # on first use: reading the configuration needs no astropy
 
     wcs = WCS(naxis=2)
     wcs.wcs.crpix = crpix
@@ -107,6 +110,8 @@ def _fit_inverse_sip(wcs: WCS, x: np.ndarray, y: np.ndarray) -> None:
 
     Tools that use the inverse polynomials (instead of astropy's iteration) need them to map sky -> pixel.
     """
+    from astropy.wcs import Sip
+
     sip = wcs.sip
     order = sip.a_order
     u = x + 1.0 - sip.crpix[0]  # SIP works in FITS pixels relative to CRPIX
@@ -133,6 +138,8 @@ def wcs_max_error_mas(
     x, y = _pixel_grid(width, height, 101, 71)
     ra_wcs, dec_wcs = wcs.pixel_to_world_values(x, y)
     ra_exact, dec_exact = transform(x, y)
+    from astropy.coordinates import SkyCoord
+
     separation = SkyCoord(ra_wcs, dec_wcs, unit="deg").separation(SkyCoord(ra_exact, dec_exact, unit="deg"))
     return float(separation.max().to_value("mas"))
 
@@ -164,6 +171,8 @@ def wcs_from_fpc_header(header: Mapping[str, Any], path: Path | str, width: int 
     cd = np.array([[values["CD1_1"], values["CD1_2"]], [values["CD2_1"], values["CD2_2"]]])
     if np.linalg.det(cd) == 0.0:
         raise InputError(f"{path}: fpC header WCS has a singular CD matrix")
+    from astropy.wcs import WCS
+
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = list(ctype)
     wcs.wcs.crpix = [values["CRPIX1"], values["CRPIX2"]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import j1
 
 from processccd.lanczos import lanczos_shift_matrices
 from processccd.meas.psf_flux import stamp_indices, take_stamps
@@ -16,6 +15,8 @@ LANCZOS_ORDER = 5
 
 @lru_cache(maxsize=8)
 def _sinc_coefficients_cached(radius: float) -> np.ndarray:
+    from scipy.special import j1  # on first use: reading the configuration needs no scipy
+
     half = SINC_SIZE // 2
     k = (np.arange(SINC_SIZE) - half) / SINC_SIZE
     k_abs = np.hypot(k[None, :], k[:, None])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import lapack
 
 from processccd.meas.centroid_constants import (
     BAD_A,
@@ -195,6 +194,8 @@ class _GaussianFit:
             scale = np.sqrt(diag)
             scaled = self.alpha / (scale[:, None] * scale)
             scaled.flat[:: N_PARAMS + 1] = 1.0 + self.flamd
+            from scipy.linalg import lapack  # on first use: reading the configuration needs no scipy
+
             _, _, solution, info = lapack.dgesv(scaled, self.beta / scale)
             if info != 0:
                 self.status = SINGULAR

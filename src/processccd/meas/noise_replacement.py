@@ -6,7 +6,6 @@ import math
 from functools import cached_property, lru_cache
 
 import numpy as np
-from scipy.optimize import brentq
 
 from processccd.background import clipped_stats
 
@@ -38,6 +37,8 @@ def _strip_edges(tail_start: float) -> tuple[list[float], float, float]:
 @lru_cache(maxsize=1)
 def ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(k, w, y) tables: fast-accept limits (24-bit ints), x per unit of j, strip heights."""
+    from scipy.optimize import brentq  # on first use: reading the configuration needs no scipy
+
     tail_start = brentq(lambda r: _strip_edges(r)[2] - 1.0, 3.444, 3.45, xtol=1e-15)
     edges, area, _ = _strip_edges(tail_start)
     f_tail = math.exp(-0.5 * tail_start**2)

@@ -19,13 +19,14 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-from astropy.io import fits
-from astropy.io.fits.verify import VerifyError
 
 from processccd.errors import InputError
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 READ_BLOCK = 1 << 22  # 4 MiB
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib reads (and checks the CRC and length of) a gzip member
@@ -60,8 +61,15 @@ FITS_READ_ERRORS: tuple[type[BaseException], ...] = (
     MemoryError,
     RecursionError,
     zlib.error,
-    VerifyError,
-)
+)  # and astropy's VerifyError (`fits_read_errors`)
+
+
+def fits_read_errors() -> tuple[type[BaseException], ...]:
+    """FITS_READ_ERRORS and astropy's VerifyError: what parsing corrupt bytes may raise (astropy is imported on
+    first use: reading the configuration needs none of it)."""
+    from astropy.io.fits.verify import VerifyError
+
+    return (*FITS_READ_ERRORS, VerifyError)
 
 
 def _read_bounded(stream: BinaryIO) -> bytes:
@@ -335,15 +343,18 @@ def open_fits(path: Path, kind: str) -> Iterator[FitsFile]:
     parses it. A file shorter than its headers declare is an error (astropy only warns). The warnings
     astropy gives are passed on once the file is closed.
     """
+    from astropy.io import fits
+
     raw = _read_bytes(path, kind)
     spans = _check_structure(raw, path, kind)
+    read_errors = fits_read_errors()
     failure: BaseException | None = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with fits.open(io.BytesIO(raw), memmap=False) as hdul:
                 yield FitsFile(hdul, raw, spans, path, kind)
-        except (InputError, *FITS_READ_ERRORS) as exc:
+        except (InputError, *read_errors) as exc:
             failure = exc
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

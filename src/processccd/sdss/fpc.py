@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
 
 from processccd.errors import InputError
 from processccd.sdss.fits import header_number, open_fits
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 FPC_SHAPE = (1489, 2048)  # (rows, columns) of an untrimmed SDSS frame
 FPC_BITPIX = 16  # 16-bit pixels, stored signed with BZERO = 32768 (read back as uint16)

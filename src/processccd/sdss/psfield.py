@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.io import fits
 
 from processccd.errors import InputError
 from processccd.sdss.fits import BinTable, FitsFile, header_text, open_fits
 from processccd.sdss.tsfield import FILTERS, filter_index
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 MAX_POLY_TERMS = 5  # c is stored as a 5x5 block; only [:nrow_b, :ncol_b] is meaningful
 STATS_HDU = 6

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy.table import Table
 
 from processccd.refcat import ReferenceCatalog
 from processccd.sky import unit_vectors
+from processccd.table import Column, write_source_table
 
 log = logging.getLogger("processCcd.calibrate.astrometry")
 
@@ -142,19 +142,17 @@ class AstrometryTask:
 
 
 def write_match_table(path: Path, matches: Matches, source_ids: np.ndarray, filter_name: str) -> None:
-    """icMatch: one row per match (source id, reference id/position/magnitude, distance), with units."""
-    table = Table()
-    table["source.id"] = np.asarray(source_ids, dtype=np.int64)[matches.source_index]
-    table["ref.id"] = matches.reference.ids
-    table["ref.ra"] = matches.reference.ra
-    table["ref.ra"].unit = "deg"
-    table["ref.dec"] = matches.reference.dec
-    table["ref.dec"].unit = "deg"
-    table["ref.mag"] = matches.reference.mag
-    table["ref.mag"].unit = "mag"
-    table["ref.mag.err"] = matches.reference.mag_err
-    table["ref.mag.err"].unit = "mag"
-    table["distance"] = matches.distance_arcsec
-    table["distance"].unit = "arcsec"
-    table.meta["FILTER"] = filter_name
-    table.write(path, format="fits", overwrite=True)
+    """icMatch: one row per match (source id, reference id/position/magnitude, distance), with units; the bytes
+    of `astropy.table.Table.write` of these columns (with FILTER in its meta), assembled with numpy."""
+    columns = {
+        "source.id": np.asarray(source_ids, dtype=np.int64)[matches.source_index],
+        "ref.id": np.asarray(matches.reference.ids),
+        "ref.ra": np.asarray(matches.reference.ra),
+        "ref.dec": np.asarray(matches.reference.dec),
+        "ref.mag": np.asarray(matches.reference.mag),
+        "ref.mag.err": np.asarray(matches.reference.mag_err),
+        "distance": np.asarray(matches.distance_arcsec),
+    }
+    units = {"ref.ra": "deg", "ref.dec": "deg", "ref.mag": "mag", "ref.mag.err": "mag", "distance": "arcsec"}
+    schema = [Column(name, values.dtype.str[1:], units.get(name, ""), "") for name, values in columns.items()]
+    write_source_table(path, columns, schema, {"FILTER": filter_name}, column_docs=False)

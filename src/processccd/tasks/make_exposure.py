@@ -6,10 +6,9 @@ import datetime
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from astropy.wcs import WCS
 
 from processccd.butler import Butler
 from processccd.dataid import DataId
@@ -20,6 +19,9 @@ from processccd.sdss.fits import header_number
 from processccd.sdss.fpc import FpcFrame
 from processccd.sdss.fpm import paint_spans
 from processccd.wcs import fit_tan_sip, wcs_from_fpc_header
+
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
 
 log = logging.getLogger("processCcd")
 

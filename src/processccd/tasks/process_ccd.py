@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from astropy.io import fits
 
 from processccd import __version__
 from processccd.background import BackgroundConfig, estimate_background
@@ -17,7 +15,7 @@ from processccd.butler import Butler
 from processccd.config import ConfigError
 from processccd.dataid import DataId
 from processccd.detection import DetectionConfig, DetectionResult, Footprints, detect_sources
-from processccd.image import Exposure, mask_bit, write_hdus
+from processccd.image import Exposure, mask_bit, write_float_image
 from processccd.meas.classification import extendedness
 from processccd.meas.shape import psf_adaptive_sigma
 from processccd.psf import adaptive_gaussian_width
@@ -222,9 +220,12 @@ class ProcessCcdTask:
         header = {"EXPID": exposure.exposure_id, "PCCDVER": __version__}
         ic_schema = measurement_schema(self.config.calibrate_measurement)
         src_schema = measurement_schema(self.config.measurement)
+        wcs_cards = exposure.wcs_cards()
         writers = {
-            "calexp": lambda p: exposure.write_fits(p, provenance, output.calexp_compression, output.quantize_level),
-            "calexpBackground": lambda p: _write_image(p, background, exposure, "BACKGROUND"),
+            "calexp": lambda p: exposure.write_fits(p, provenance, output.calexp_compression, output.quantize_level,
+                                                    wcs_cards),
+            "calexpBackground": lambda p: write_float_image(p, background.astype(np.float32, copy=False), wcs_cards,
+                                                            "BACKGROUND", "adu"),
             "psf": lambda p: exposure.psf.write_fits(p),
             "icSrc": lambda p: write_source_table(p, ic_columns, ic_schema, header),
             "src": lambda p: write_source_table(p, src_columns, src_schema, header),
@@ -247,10 +248,3 @@ def total_background(backgrounds: tuple[np.ndarray, ...], rows_per_block: int = 
             block += background[rows]
         total[rows] = block
     return total
-
-
-def _write_image(path: Path, data: np.ndarray, exposure: Exposure, name: str) -> None:
-    """One float32 image HDU with the exposure's WCS."""
-    hdu = fits.ImageHDU(data.astype(np.float32, copy=False), header=exposure.wcs.to_header(relax=True), name=name)
-    hdu.header["BUNIT"] = "adu"
-    write_hdus(path, [fits.PrimaryHDU(), hdu])
