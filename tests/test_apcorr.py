@@ -90,14 +90,23 @@ def _exposure_with_stars(positions: list[tuple[float, float]], flux: float, sigm
                     photo_calib=PhotoCalib(1e10, 1e8), data_id=DataId(run=1, camcol=1, field=1, filter="r"))
 
 
-def test_task_on_synthetic_stars_gives_ratio_near_one_and_skips_interpolated() -> None:
-    positions = [(60.3, 50.7), (200.0, 60.2), (330.6, 70.1), (80.2, 150.5), (210.9, 160.4), (320.1, 240.8),
-                 (70.5, 250.0), (190.4, 240.3)]
+STAR_POSITIONS = [(60.3, 50.7), (200.0, 60.2), (330.6, 70.1), (80.2, 150.5), (210.9, 160.4), (320.1, 240.8),
+                  (70.5, 250.0), (190.4, 240.3)]
+
+
+def _synthetic_star_frame(positions: list[tuple[float, float]]) -> tuple[Exposure, dict[str, np.ndarray]]:
+    """Stars of flux 2e5 at `positions` and the catalogue columns the task reads (ids, centroids)."""
     exposure = _exposure_with_stars(positions, flux=2e5)
     columns = empty_columns(len(positions), SOURCE_SCHEMA + EXTRA_SCHEMA)
     columns["id"] = np.arange(1, len(positions) + 1)
     columns["centroid.sdss.x"] = np.array([p[0] for p in positions])
     columns["centroid.sdss.y"] = np.array([p[1] for p in positions])
+    return exposure, columns
+
+
+def test_task_on_synthetic_stars_gives_ratio_near_one_and_skips_interpolated() -> None:
+    positions = STAR_POSITIONS
+    exposure, columns = _synthetic_star_frame(positions)
     columns["flags.pixel.interpolated.center"][0] = True
     result = ApCorrTask().run(exposure, columns, np.arange(len(positions)))
     assert result.n_candidates == 8 and result.n_stars == 7
@@ -269,13 +278,8 @@ def test_chebyshev_order_is_lowered_to_keep_one_degree_of_freedom() -> None:
 
 
 def test_task_with_the_chebyshev_fit_and_its_yaml_round_trip(tmp_path) -> None:
-    positions = [(60.3, 50.7), (200.0, 60.2), (330.6, 70.1), (80.2, 150.5), (210.9, 160.4), (320.1, 240.8),
-                 (70.5, 250.0), (190.4, 240.3)]
-    exposure = _exposure_with_stars(positions, flux=2e5)
-    columns = empty_columns(len(positions), SOURCE_SCHEMA + EXTRA_SCHEMA)
-    columns["id"] = np.arange(1, len(positions) + 1)
-    columns["centroid.sdss.x"] = np.array([p[0] for p in positions])
-    columns["centroid.sdss.y"] = np.array([p[1] for p in positions])
+    positions = STAR_POSITIONS
+    exposure, columns = _synthetic_star_frame(positions)
     result = ApCorrTask(ApCorrConfig(fit="chebyshev")).run(exposure, columns, np.arange(len(positions)))
     assert result.fit == "chebyshev" and result.bbox == (-0.5, -0.5, 399.5, 299.5) and result.order == 2
     value, error = result.evaluate(np.array([0.0, 200.0, 399.0]), np.array([0.0, 150.0, 299.0]))
