@@ -339,7 +339,7 @@ class MeasurementTask:
 
     def _model_flux_psf_factors(self, cols: dict[str, np.ndarray], psf: Psf, psf_images: np.ndarray,
                                 fits: list[tuple[ModelFluxResult, PsfModel]]) -> None:
-        """PSF factors of the model fluxes: exp and dev as ratios to the flux.psf factor cached per 64-px cell;
+        """PSF factors of the model fluxes: exp and dev as ratios to the flux.psf factor cached per cell;
         the combo's per source, from the source's own fitted ellipses (`combo_psf_factor`)."""
         cache = PsfModelCache(psf, self.config.model_flux)
         factors = [cache.factors(float(x), float(y), float(p)) for x, y, p in
